@@ -1,0 +1,21 @@
+// Package cdc reads committed row changes from a PostgreSQL logical replication
+// slot (pgoutput) and decides how far the slot may be acknowledged. It knows
+// nothing of HTTP: downstream work is tracked through Txn handles.
+//
+// The acknowledgement rule: transactions are tracked in commit order and
+// resolved in any order; the slot's confirmed LSN is reported only up to the
+// end of the newest transaction before which every transaction is resolved.
+// A transaction is resolved when its consumer has sealed it (seen its commit
+// and dispatched all its work) and every unit of work added to it is done
+// (sent, durably queued, or recorded as failed). While no transaction is
+// pending, a keepalive's WAL position is confirmed as well, so an idle slot,
+// or one whose publication filters out every change, never pins WAL. The
+// server's WAL end is never reported while anything is unresolved.
+//
+// The goroutine that owns the replication connection never blocks longer than
+// the standby interval: when the consumer is slow it keeps sending status
+// updates while it waits, so the server does not time the connection out.
+//
+// The stream never starts from IDENTIFY_SYSTEM's position: it starts from the
+// slot's confirmed_flush_lsn, which the server applies on its own.
+package cdc

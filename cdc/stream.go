@@ -1,0 +1,318 @@
+package cdc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walhook/walhook/internal/change"
+)
+
+// Defaults applied by New.
+const (
+	DefaultSlot            = "walhook"
+	DefaultPublication     = "walhook"
+	DefaultStandbyInterval = 10 * time.Second
+	DefaultBuffer          = 1024
+)
+
+// SitePrefix is the logical message prefix walhook.set_site() emits.
+const SitePrefix = "walhook.site"
+
+// sessionSettings make the text the server sends for each type one fixed,
+// lossless form, whatever the database's defaults: ISO dates in UTC, floats
+// with round-trip precision, bytea as hex.
+var sessionSettings = map[string]string{
+	"DateStyle":          "ISO, YMD",
+	"TimeZone":           "UTC",
+	"IntervalStyle":      "postgres",
+	"extra_float_digits": "3",
+	"bytea_output":       "hex",
+	"application_name":   "walhook",
+}
+
+// Config configures a Stream.
+type Config struct {
+	// DatabaseURL is an ordinary connection string; the stream adds
+	// replication=database itself.
+	DatabaseURL string
+	Slot        string
+	Publication string
+	// Start is where to resume: the slot's confirmed_flush_lsn as read before
+	// loading state that must match it. The server never sends a transaction
+	// that commits before its own confirmed position, whatever Start says.
+	Start pglogrepl.LSN
+	// StandbyInterval is how often the stream reports its position.
+	StandbyInterval time.Duration
+}
+
+// Kind is the kind of a Message.
+type Kind uint8
+
+// Message kinds, in the order they arrive for a transaction: any number of
+// KindChange and KindSite, then one KindCommit.
+const (
+	KindChange Kind = iota + 1
+	KindSite
+	KindCommit
+)
+
+// Message is what the stream hands its consumer.
+type Message struct {
+	Kind   Kind
+	Txn    *Txn
+	Change *change.Change // KindChange
+	Site   string         // KindSite: the path given to walhook.set_site()
+}
+
+// SlotActiveError means another process is streaming from the slot.
+type SlotActiveError struct {
+	Slot string
+	Err  error
+}
+
+func (e *SlotActiveError) Error() string {
+	return fmt.Sprintf("slot %q is in use by another process: %v", e.Slot, e.Err)
+}
+
+func (e *SlotActiveError) Unwrap() error { return e.Err }
+
+// Stream reads one replication slot.
+type Stream struct {
+	cfg     Config
+	log     *slog.Logger
+	tracker *Tracker
+}
+
+// New returns a stream; it connects in Run.
+func New(cfg Config, logger *slog.Logger) (*Stream, error) {
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("cdc: no database URL")
+	}
+	if cfg.Slot == "" {
+		cfg.Slot = DefaultSlot
+	}
+	if cfg.Publication == "" {
+		cfg.Publication = DefaultPublication
+	}
+	if cfg.StandbyInterval <= 0 {
+		cfg.StandbyInterval = DefaultStandbyInterval
+	}
+	return &Stream{
+		cfg:     cfg,
+		log:     logger.With("component", "cdc", "slot", cfg.Slot),
+		tracker: NewTracker(cfg.Start),
+	}, nil
+}
+
+// Tracker returns the acknowledgement tracker.
+func (s *Stream) Tracker() *Tracker { return s.tracker }
+
+func (s *Stream) connect(ctx context.Context) (*pgconn.PgConn, error) {
+	pc, err := pgconn.ParseConfig(s.cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	pc.RuntimeParams["replication"] = "database"
+	for k, v := range sessionSettings {
+		pc.RuntimeParams[k] = v
+	}
+	conn, err := pgconn.ConnectConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("open replication connection: %w", err)
+	}
+	return conn, nil
+}
+
+// Run streams until ctx ends or the connection fails, sending messages to out
+// in commit order. On return it has sent a last status update when it could.
+func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	err = pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, s.cfg.Start, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{
+			"proto_version '1'",
+			fmt.Sprintf("publication_names '%s'", s.cfg.Publication),
+			"messages 'true'",
+		},
+	})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+			return &SlotActiveError{Slot: s.cfg.Slot, Err: err}
+		}
+		return fmt.Errorf("start replication on slot %q: %w", s.cfg.Slot, err)
+	}
+	s.log.Info("streaming", "lsn", s.cfg.Start.String(), "publication", s.cfg.Publication)
+
+	r := &reader{s: s, conn: conn, out: out, rels: relations{}}
+	err = r.loop(ctx)
+	// A last status so the server keeps what was finished; the connection may
+	// be gone already, in which case there is nothing to tell.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	_ = r.sendStatus(sctx)
+	cancel()
+	return err
+}
+
+type reader struct {
+	s          *Stream
+	conn       *pgconn.PgConn
+	out        chan<- Message
+	rels       relations
+	cur        *Txn
+	seq        uint32
+	nextStatus time.Time
+	timer      *time.Timer
+	sent       pglogrepl.LSN
+}
+
+func (r *reader) sendStatus(ctx context.Context) error {
+	pos := r.s.tracker.Confirmed()
+	r.nextStatus = time.Now().Add(r.s.cfg.StandbyInterval)
+	if err := pglogrepl.SendStandbyStatusUpdate(ctx, r.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos}); err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	if pos != r.sent {
+		r.s.log.Debug("acknowledged", "lsn", pos.String())
+		r.sent = pos
+	}
+	return nil
+}
+
+func (r *reader) loop(ctx context.Context) error {
+	r.nextStatus = time.Now().Add(r.s.cfg.StandbyInterval)
+	r.timer = time.NewTimer(r.s.cfg.StandbyInterval)
+	defer r.timer.Stop()
+	for {
+		if !time.Now().Before(r.nextStatus) {
+			if err := r.sendStatus(ctx); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, r.nextStatus)
+		raw, err := r.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive from slot %q: %w", r.s.cfg.Slot, err)
+		}
+		switch msg := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("slot %q: %w", r.s.cfg.Slot, pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return fmt.Errorf("slot %q: server ended the stream", r.s.cfg.Slot)
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse keepalive: %w", err)
+				}
+				if r.cur == nil {
+					r.s.tracker.idle(pkm.ServerWALEnd)
+				}
+				if pkm.ReplyRequested {
+					r.nextStatus = time.Time{}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse XLogData: %w", err)
+				}
+				// The connection reuses its buffer: own the bytes once here,
+				// and let every datum alias this copy.
+				if err := r.handle(ctx, bytes.Clone(xld.WALData)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// emit hands m to the consumer, sending status updates while it waits so a
+// slow consumer never gets the connection timed out.
+func (r *reader) emit(ctx context.Context, m Message) error {
+	for {
+		d := time.Until(r.nextStatus)
+		if d <= 0 {
+			if err := r.sendStatus(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		r.timer.Reset(d)
+		select {
+		case r.out <- m:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.timer.C:
+		}
+	}
+}
+
+func (r *reader) handle(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case 'I', 'U', 'D':
+		if r.cur == nil {
+			return fmt.Errorf("row change outside a transaction")
+		}
+		ch := &change.Change{Tx: &r.cur.Tx, Seq: r.seq}
+		if err := decodeRowChange(data[0], data[1:], r.rels, ch); err != nil {
+			return fmt.Errorf("decode change at %s: %w", r.cur.CommitLSN, err)
+		}
+		r.seq++
+		return r.emit(ctx, Message{Kind: KindChange, Txn: r.cur, Change: ch})
+	}
+	m, err := pglogrepl.Parse(data)
+	if err != nil {
+		return fmt.Errorf("parse pgoutput message %q: %w", data[0], err)
+	}
+	switch m := m.(type) {
+	case *pglogrepl.BeginMessage:
+		r.cur = r.s.tracker.open(change.Tx{XID: m.Xid, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime})
+		r.seq = 0
+	case *pglogrepl.CommitMessage:
+		if r.cur == nil {
+			return fmt.Errorf("commit outside a transaction")
+		}
+		t := r.cur
+		t.EndLSN = m.TransactionEndLSN
+		r.cur = nil
+		return r.emit(ctx, Message{Kind: KindCommit, Txn: t})
+	case *pglogrepl.RelationMessage:
+		r.rels.apply(m)
+	case *pglogrepl.LogicalDecodingMessage:
+		if m.Prefix == SitePrefix && m.Transactional && r.cur != nil {
+			return r.emit(ctx, Message{Kind: KindSite, Txn: r.cur, Site: string(m.Content)})
+		}
+	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage, *pglogrepl.TruncateMessage:
+		// Types: values arrive as text, and an unknown type's text becomes a
+		// JSON string, so the type's name is not needed. Truncate is not
+		// published.
+	}
+	return nil
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/walhook/walhook/cdc"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// usageError is a mistake in the command line; it exits 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func exitCode(err error) int {
+	var ue usageError
+	if errors.As(err, &ue) || errors.Is(err, pflag.ErrHelp) {
+		return 2
+	}
+	return 1
+}
+
+const usage = `walhook turns committed PostgreSQL row changes into webhooks.
+
+Usage:
+  walhook install   --database-url URL --config walhook.yaml
+  walhook run       --database-url URL --config walhook.yaml
+  walhook check     --config walhook.yaml [--database-url URL]
+  walhook status    --database-url URL
+  walhook uninstall --database-url URL [--drop-schema]
+  walhook demo      [--keep]
+  walhook version
+
+Run "walhook COMMAND --help" for a command's flags. Every flag can also be set
+as WALHOOK_<FLAG> (WALHOOK_DATABASE_URL, ...); DATABASE_URL is the fallback for
+the database.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usageError{"no command given"}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "install":
+		return cmdInstall(ctx, rest, stdout, stderr)
+	case "run":
+		return cmdRun(ctx, rest, stdout, stderr)
+	case "check":
+		return cmdCheck(ctx, rest, stdout, stderr)
+	case "status":
+		return cmdStatus(ctx, rest, stdout, stderr)
+	case "uninstall":
+		return cmdUninstall(ctx, rest, stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "walhook", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return usageError{fmt.Sprintf("unknown command %q", cmd)}
+}
+
+// common holds the flags shared by the commands.
+type common struct {
+	DatabaseURL  string
+	Config       string
+	Slot         string
+	Publication  string
+	Listen       string
+	LogFormat    string
+	AllowHTTP    bool
+	AllowPrivate bool
+}
+
+type flagSet struct {
+	*pflag.FlagSet
+	c *common
+}
+
+// newFlags makes the command's flag set with the named common flags.
+func newFlags(name string, stderr io.Writer, c *common, which ...string) *flagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	for _, w := range which {
+		switch w {
+		case "database-url":
+			fs.StringVar(&c.DatabaseURL, w, "", "PostgreSQL connection URL (env WALHOOK_DATABASE_URL, then DATABASE_URL)")
+		case "config":
+			fs.StringVar(&c.Config, w, "walhook.yaml", "config file")
+		case "slot":
+			fs.StringVar(&c.Slot, w, cdc.DefaultSlot, "replication slot name")
+		case "publication":
+			fs.StringVar(&c.Publication, w, cdc.DefaultPublication, "publication name")
+		case "listen":
+			fs.StringVar(&c.Listen, w, "127.0.0.1:9187", "address for metrics and health")
+		case "log-format":
+			fs.StringVar(&c.LogFormat, w, "text", "log format: text or json")
+		case "allow-http":
+			fs.BoolVar(&c.AllowHTTP, w, false, "allow http:// targets")
+		case "allow-private-targets":
+			fs.BoolVar(&c.AllowPrivate, w, false, "allow loopback, private and link-local destinations")
+		}
+	}
+	return &flagSet{fs, c}
+}
+
+// parse parses args, then fills every flag not given from WALHOOK_<FLAG>.
+func (fs *flagSet) parse(args []string, needDB bool) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	var envErr error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			return
+		}
+		env := "WALHOOK_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := f.Value.Set(v); err != nil && envErr == nil {
+				envErr = usageError{fmt.Sprintf("%s: %v", env, err)}
+			}
+		}
+	})
+	if envErr != nil {
+		return envErr
+	}
+	if fs.Lookup("database-url") != nil && fs.c.DatabaseURL == "" {
+		fs.c.DatabaseURL = os.Getenv("DATABASE_URL")
+	}
+	if needDB && fs.c.DatabaseURL == "" {
+		return usageError{"no database: give --database-url, WALHOOK_DATABASE_URL or DATABASE_URL"}
+	}
+	if f := fs.c.LogFormat; f != "" && f != "text" && f != "json" {
+		return usageError{fmt.Sprintf("--log-format: %q is not text or json", f)}
+	}
+	return nil
+}
+
+// newLogger builds the logger; LOG_LEVEL (debug, info, warn, error) sets the level.
+func newLogger(w io.Writer, format string) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(os.Getenv("LOG_LEVEL"))); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/internal/subs"
+	"github.com/walhook/walhook/mapping"
+	"github.com/walhook/walhook/schema"
+)
+
+func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	fs := newFlags("install", stderr, &c, "database-url", "config", "slot", "publication", "allow-http", "log-format")
+	if err := fs.parse(args, true); err != nil {
+		return err
+	}
+	cfg, mapper, err := loadConfig(c.Config)
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, c.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := checkCatalog(ctx, conn, cfg); err != nil {
+		return err
+	}
+	changes, err := install(ctx, conn, c, cfg, mapper)
+	if err != nil {
+		return err
+	}
+	if len(changes) == 0 {
+		fmt.Fprintln(stdout, "walhook is installed and up to date; nothing changed")
+		return nil
+	}
+	for _, ch := range changes {
+		fmt.Fprintln(stdout, ch)
+	}
+	return nil
+}
+
+// install brings the database in line with the config: schema, events,
+// dialects, settings, publication and slot. It returns what it changed.
+func install(ctx context.Context, conn *pgx.Conn, c common, cfg *mapping.Config, mapper *mapping.Mapper) ([]string, error) {
+	var events []schema.Event
+	for _, e := range mapper.Events() {
+		events = append(events, schema.Event{Name: e.Name, Table: e.Table, Operation: e.Op, Derived: e.Derived})
+	}
+	rep, err := schema.Install(ctx, conn, schema.Options{
+		Events:   events,
+		Dialects: slices.Sorted(maps.Keys(cfg.Dialects)),
+		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("install schema: %w", err)
+	}
+	changes := rep.Changes
+	tables := append(mapper.Tables(), cdc.SubscriptionsTable)
+	slices.Sort(tables)
+	pc, err := cdc.EnsurePublication(ctx, conn, c.Publication, tables)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, pc...)
+	created, lsn, err := cdc.EnsureSlot(ctx, conn, c.Slot)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		changes = append(changes, fmt.Sprintf("created replication slot %s at %s", c.Slot, lsn))
+		n, err := subs.Snapshot(ctx, conn, lsn)
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			changes = append(changes, fmt.Sprintf("recorded %d existing subscription(s) for the new slot", n))
+		}
+	}
+	return changes, nil
+}
+
+// loadConfig loads and compiles the config.
+func loadConfig(path string) (*mapping.Config, *mapping.Mapper, error) {
+	cfg, err := mapping.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := mapping.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, m, nil
+}
+
+// checkCatalog checks the config's tables and columns against the database.
+func checkCatalog(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) error {
+	var names []string
+	for _, t := range cfg.Tables {
+		names = append(names, t.Table)
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT n.nspname || '.' || c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+			coalesce(a.attnum = ANY(i.indkey), false)
+		FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+		WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY($1)
+		ORDER BY 1, a.attnum`, names)
+	if err != nil {
+		return fmt.Errorf("read catalog: %w", err)
+	}
+	cat := mapping.Catalog{}
+	var table string
+	var col mapping.CatalogColumn
+	_, err = pgx.ForEachRow(rows, []any{&table, &col.Name, &col.Type, &col.NotNull, &col.PrimaryKey}, func() error {
+		cat[table] = append(cat[table], col)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read catalog: %w", err)
+	}
+	return cfg.CheckCatalog(cat)
+}
+
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	fs := newFlags("check", stderr, &c, "database-url", "config")
+	if err := fs.parse(args, false); err != nil {
+		return err
+	}
+	cfg, mapper, err := loadConfig(c.Config)
+	if err != nil {
+		return err
+	}
+	if c.DatabaseURL != "" {
+		conn, err := pgx.Connect(ctx, c.DatabaseURL)
+		if err != nil {
+			return fmt.Errorf("connect: %w", err)
+		}
+		defer conn.Close(context.WithoutCancel(ctx))
+		if err := checkCatalog(ctx, conn, cfg); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "%s: ok: %d table(s), %d event(s)\n", cfg.File, len(cfg.Tables), len(mapper.Events()))
+	for _, e := range mapper.Events() {
+		fmt.Fprintf(stdout, "  %-28s %s %s\n", e.Name, e.Table, e.Op)
+	}
+	return nil
+}
+
+func cmdUninstall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	fs := newFlags("uninstall", stderr, &c, "database-url", "slot", "publication")
+	dropSchema := fs.Bool("drop-schema", false, "also drop schema walhook with every subscription and attempt")
+	if err := fs.parse(args, true); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, c.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	dropped, err := cdc.DropSlot(ctx, conn, c.Slot)
+	if err != nil {
+		return err
+	}
+	if dropped {
+		fmt.Fprintf(stdout, "dropped replication slot %s\n", c.Slot)
+	}
+	if err := cdc.DropPublication(ctx, conn, c.Publication); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "dropped publication %s\n", c.Publication)
+	if *dropSchema {
+		if _, err := conn.Exec(ctx, `DROP SCHEMA IF EXISTS walhook CASCADE`); err != nil {
+			return fmt.Errorf("drop schema walhook: %w", err)
+		}
+		fmt.Fprintln(stdout, "dropped schema walhook")
+	}
+	return nil
+}

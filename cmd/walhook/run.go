@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/sourcegraph/conc"
+)
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	fs := newFlags("run", stderr, &c, "database-url", "config", "slot", "publication", "listen", "log-format", "allow-http", "allow-private-targets")
+	shutdown := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight deliveries may take to finish")
+	standby := fs.Duration("standby-interval", 10*time.Second, "how often the slot position is reported to PostgreSQL")
+	if err := fs.parse(args, true); err != nil {
+		return err
+	}
+	log := newLogger(stderr, c.LogFormat)
+	cfg, mapper, err := loadConfig(c.Config)
+	if err != nil {
+		return err
+	}
+
+	// Two-phase shutdown: the first signal stops reading and drains, the
+	// second stops at once.
+	soft, stopSoft := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stopSoft()
+	hard, stopHard := context.WithCancel(ctx)
+	defer stopHard()
+	var wg conc.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		select {
+		case <-soft.Done():
+		case <-hard.Done():
+			return
+		}
+		if ctx.Err() != nil {
+			stopHard()
+			return
+		}
+		log.Info("stopping: draining deliveries; signal again to stop at once")
+		again := make(chan os.Signal, 1)
+		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(again)
+		select {
+		case <-again:
+			stopHard()
+		case <-hard.Done():
+		}
+	})
+	defer stopHard()
+
+	if c.Listen != "" {
+		srv, err := startHealth(c.Listen)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		wg.Go(func() { _ = srv.Serve(srv.listener) })
+	}
+
+	log.Info("walhook starting", "version", version, "slot", c.Slot, "publication", c.Publication, "tables", len(cfg.Tables))
+	err = serve(soft, hard, serviceConfig{
+		DatabaseURL:     c.DatabaseURL,
+		Config:          cfg,
+		Mapper:          mapper,
+		Slot:            c.Slot,
+		Publication:     c.Publication,
+		AllowHTTP:       c.AllowHTTP,
+		AllowPrivate:    c.AllowPrivate,
+		StandbyInterval: *standby,
+		ShutdownTimeout: *shutdown,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("walhook stopped")
+	return nil
+}
+
+type healthServer struct {
+	*http.Server
+	listener net.Listener
+}
+
+// startHealth listens for /healthz. Binding happens here, not in the
+// goroutine, so a taken port is an error at start.
+func startHealth(addr string) (*healthServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return &healthServer{Server: srv, listener: ln}, nil
+}

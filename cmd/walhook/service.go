@@ -1,0 +1,378 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sourcegraph/conc"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/deliver"
+	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/subs"
+	"github.com/walhook/walhook/mapping"
+)
+
+// serviceConfig is everything one walhook run needs.
+type serviceConfig struct {
+	DatabaseURL     string
+	Config          *mapping.Config
+	Mapper          *mapping.Mapper
+	Slot            string
+	Publication     string
+	AllowHTTP       bool
+	AllowPrivate    bool
+	StandbyInterval time.Duration
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// serve runs the pipeline until soft ends (stop reading, drain, exit) or
+// hard ends (exit now). A failure that a reconnect can cure (PostgreSQL
+// restarting, the connection dropping, another process still holding the
+// slot) restarts the pipeline after a backoff; the slot's confirmed LSN makes
+// the restart lose nothing.
+func serve(soft, hard context.Context, sc serviceConfig) error {
+	log := sc.Logger
+	backoff := 500 * time.Millisecond
+	for {
+		started := time.Now()
+		err := serveOnce(soft, hard, sc)
+		if soft.Err() != nil || hard.Err() != nil {
+			return nil
+		}
+		if !retryable(err) {
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			backoff = 500 * time.Millisecond
+		}
+		var active *cdc.SlotActiveError
+		if errors.As(err, &active) {
+			log.Warn("slot is held by another process; waiting for it to go", "slot", sc.Slot, "retry_in", backoff, "err", err)
+		} else {
+			log.Warn("pipeline stopped; restarting", "err", err, "retry_in", backoff)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-soft.Done():
+			return nil
+		}
+		backoff = min(backoff*2, 15*time.Second)
+	}
+}
+
+// retryable says whether an error is one a reconnect may cure.
+func retryable(err error) bool {
+	if err == nil {
+		return true
+	}
+	var active *cdc.SlotActiveError
+	if errors.As(err, &active) {
+		return true
+	}
+	if errors.Is(err, cdc.ErrSlotMissing) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "57", "53": // connection exception, operator intervention (shutdown), insufficient resources
+			return true
+		}
+		return false
+	}
+	// Network errors, EOFs and timeouts: PostgreSQL went away.
+	return true
+}
+
+func serveOnce(soft, hard context.Context, sc serviceConfig) error {
+	log := sc.Logger
+	db, err := pgxpool.New(hard, sc.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("open pool: %w", err)
+	}
+	defer db.Close()
+
+	var slot cdc.SlotInfo
+	if err := withConn(hard, db, func(conn *pgx.Conn) error {
+		slot, err = cdc.Slot(hard, conn, sc.Slot)
+		return err
+	}); err != nil {
+		return err
+	}
+	if slot.Active {
+		return &cdc.SlotActiveError{Slot: sc.Slot, Err: fmt.Errorf("active for PID %d", slot.ActivePID)}
+	}
+	idx, err := subs.Load(hard, db, slot.ConfirmedFlush)
+	if err != nil {
+		return err
+	}
+	log.Info("loaded subscriptions", "subscriptions", idx.Len(), "lsn", slot.ConfirmedFlush.String())
+
+	stream, err := cdc.New(cdc.Config{
+		DatabaseURL:     sc.DatabaseURL,
+		Slot:            sc.Slot,
+		Publication:     sc.Publication,
+		Start:           slot.ConfirmedFlush,
+		StandbyInterval: sc.StandbyInterval,
+	}, log)
+	if err != nil {
+		return err
+	}
+	d := sc.Config.Delivery
+	worker := deliver.New(deliver.Config{
+		MaxInFlight:  d.MaxInFlight,
+		MaxPerHost:   d.MaxPerHost,
+		Timeout:      d.Timeout,
+		AllowHTTP:    sc.AllowHTTP,
+		AllowPrivate: sc.AllowPrivate,
+	}, db, log)
+
+	// The pipeline's own context: cancelled when a stage fails, so the
+	// others stop too.
+	pctx, cancel := context.WithCancelCause(hard)
+	defer cancel(nil)
+	readCtx, stopRead := context.WithCancel(pctx)
+	defer stopRead()
+	context.AfterFunc(soft, stopRead)
+	recCtx, stopRec := context.WithCancel(pctx)
+	defer stopRec()
+
+	con := &consumer{
+		mapper:   sc.Mapper,
+		idx:      idx,
+		worker:   worker,
+		dialects: deliver.Dialects(sc.Config, version),
+		db:       db,
+		log:      log.With("component", "pipeline"),
+	}
+	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
+
+	var wg conc.WaitGroup
+	var streamErr, consumeErr, recErr error
+	wg.Go(func() {
+		if recErr = worker.Run(recCtx); recErr != nil && recCtx.Err() == nil {
+			cancel(recErr)
+		}
+	})
+	var stages conc.WaitGroup
+	stages.Go(func() {
+		streamErr = stream.Run(readCtx, msgs)
+		if readCtx.Err() == nil {
+			cancel(streamErr)
+		}
+	})
+	stages.Go(func() {
+		consumeErr = con.run(readCtx, pctx, msgs)
+		if readCtx.Err() == nil {
+			cancel(consumeErr)
+		}
+	})
+	stages.Wait()
+
+	// Drain: the HTTP attempts under way finish (each within the delivery
+	// timeout), their outcomes are written, and the slot learns how far that
+	// got. A hard stop skips the wait; what was not recorded is replayed.
+	drained := make(chan struct{})
+	var drainer conc.WaitGroup
+	drainer.Go(func() {
+		worker.Wait()
+		close(drained)
+	})
+	shutdown := sc.ShutdownTimeout
+	if shutdown <= 0 {
+		shutdown = 30 * time.Second
+	}
+	select {
+	case <-drained:
+		worker.Flush(pctx)
+	case <-time.After(shutdown):
+		log.Warn("shutdown timeout: deliveries still running are left for the next start")
+	case <-pctx.Done():
+	}
+	failure := context.Cause(pctx)
+	stopRec()
+	cancel(nil)
+	drainer.Wait()
+	wg.Wait()
+	// Safe whatever happened: the tracker only ever counts finished work.
+	advanceSlot(context.WithoutCancel(hard), db, sc.Slot, stream.Tracker().Confirmed(), log)
+
+	if failure != nil && !errors.Is(failure, context.Canceled) {
+		return failure
+	}
+	for _, err := range []error{streamErr, consumeErr} {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+	}
+	return nil
+}
+
+// advanceSlot is the last status update after the stream closed: it moves the
+// slot to what finished during the drain.
+func advanceSlot(ctx context.Context, db *pgxpool.Pool, slot string, lsn pglogrepl.LSN, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := db.Exec(ctx, `SELECT pg_replication_slot_advance(slot_name, $2::text::pg_lsn)
+		FROM pg_replication_slots WHERE slot_name = $1 AND NOT active AND confirmed_flush_lsn < $2::text::pg_lsn`, slot, lsn.String())
+	if err != nil {
+		log.Warn("advance slot after drain", "lsn", lsn.String(), "err", err)
+	}
+}
+
+func withConn(ctx context.Context, db *pgxpool.Pool, fn func(*pgx.Conn) error) error {
+	c, err := db.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acquire connection: %w", err)
+	}
+	defer c.Release()
+	return fn(c.Conn())
+}
+
+// consumer turns stream messages into deliveries, in commit order.
+type consumer struct {
+	mapper   *mapping.Mapper
+	idx      *subs.Index
+	worker   *deliver.Worker
+	dialects map[string]*deliver.Dialect
+	db       *pgxpool.Pool
+	log      *slog.Logger
+
+	// Scratch space reused for every change.
+	events  []mapping.Event
+	matched []*subs.Subscription
+	sites   []string
+	// The open transaction's state: only one is open at a time.
+	txSites []string
+	entries []subs.Entry
+}
+
+// run consumes until stop ends; deliveries use work, which outlives stop so
+// that they can finish during a drain.
+func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) error {
+	for {
+		select {
+		case <-stop.Done():
+			return nil
+		case m := <-msgs:
+			if err := c.handle(work, m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
+	switch m.Kind {
+	case cdc.KindSite:
+		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
+	case cdc.KindChange:
+		if rel := m.Change.Relation; rel.Schema == "walhook" && rel.Name == "subscriptions" {
+			c.applySubscription(m.Change)
+			return nil
+		}
+		return c.dispatch(ctx, m.Txn, m.Change)
+	case cdc.KindCommit:
+		if len(c.entries) > 0 {
+			if err := subs.WriteLog(ctx, c.db, m.Txn.EndLSN, c.entries); err != nil {
+				return err
+			}
+			clear(c.entries)
+			c.entries = c.entries[:0]
+		}
+		c.txSites = c.txSites[:0]
+		m.Txn.Seal()
+	}
+	return nil
+}
+
+func (c *consumer) applySubscription(ch *change.Change) {
+	switch ch.Op {
+	case change.Insert, change.Update:
+		var prev *subs.Subscription
+		if id := subs.FromRow(ch.Relation, ch.New, nil).ID; id != "" {
+			prev = c.idx.Get(id)
+		}
+		s := subs.FromRow(ch.Relation, ch.New, prev)
+		if ch.Op == change.Update && ch.Old != nil {
+			if old := subs.FromRow(ch.Relation, ch.Old, prev); old.ID != "" && old.ID != s.ID {
+				c.idx.Remove(old.ID)
+				c.entries = append(c.entries, subs.Entry{ID: old.ID, Deleted: true})
+			}
+		}
+		c.idx.Put(s)
+		c.entries = append(c.entries, subs.Entry{ID: s.ID, Sub: s})
+	case change.Delete:
+		if s := subs.FromRow(ch.Relation, ch.Old, nil); s.ID != "" {
+			c.idx.Remove(s.ID)
+			c.entries = append(c.entries, subs.Entry{ID: s.ID, Deleted: true})
+		}
+	}
+}
+
+func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change) error {
+	c.events = c.mapper.Map(c.events[:0], ch)
+	for i := range c.events {
+		ev := &c.events[i]
+		site := ev.Table.Site(ch)
+		c.sites = subs.AppendAncestors(c.sites[:0], site)
+		for _, s := range c.txSites {
+			c.sites = subs.AppendAncestors(c.sites, s)
+		}
+		c.matched = c.idx.Match(c.matched[:0], ev.Name, c.sites)
+		if len(c.matched) == 0 {
+			continue
+		}
+		// One body per dialect for this event, shared by its subscriptions.
+		var bodies map[string][]byte
+		for _, s := range c.matched {
+			d := c.dialects[s.Dialect]
+			if d == nil {
+				d = c.dialects[mapping.DialectDefault]
+			}
+			body, ok := bodies[d.Name]
+			if !ok {
+				body = d.AppendBody(nil, ev, site, true)
+				if bodies == nil {
+					bodies = map[string][]byte{}
+				}
+				bodies[d.Name] = body
+			}
+			var key []byte
+			if s.Secret != "" {
+				k, err := deliver.SecretKey(s.Secret)
+				if err != nil {
+					c.log.Warn("subscription secret unusable; sending unsigned", "subscription_id", s.ID)
+				}
+				key = k
+			}
+			txn.Add(1)
+			err := c.worker.Submit(ctx, &deliver.Request{
+				SubscriptionID: s.ID,
+				EventID:        ev.ID,
+				Event:          ev.Name,
+				URL:            s.TargetURL,
+				Method:         d.Method,
+				UserAgent:      d.UserAgent,
+				Header:         d.Header,
+				Body:           body,
+				Key:            key,
+				Attempt:        1,
+				Done:           txn.Done,
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

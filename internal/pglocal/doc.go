@@ -1,0 +1,53 @@
+// Package pglocal provides a throwaway PostgreSQL server for tests, for
+// `walhook demo` and for `walhook bench`.
+//
+// Start picks a server in this order:
+//  1. WALHOOK_TEST_DATABASE_URL, when set: an existing server that pglocal
+//     neither starts nor stops (Stop is a no-op, Restart is an error). It must
+//     run with wal_level=logical, and Start checks that.
+//  2. Local server binaries (initdb, pg_ctl, postgres) found in $PATH, then in
+//     `pg_config --bindir`, then in /usr/lib/postgresql/*/bin (highest version
+//     first). A fresh cluster is created with initdb in a new temporary
+//     directory and started with pg_ctl.
+//
+// When neither is available Start fails with ErrNotFound and a message that
+// lists every place searched and how to fix it; the test helpers turn that
+// into a test failure, never a skip, so a missing PostgreSQL cannot make a
+// suite pass vacuously.
+//
+// Invariants of a server started here:
+//   - It is private to its temporary directory: data directory, log file and
+//     Unix socket all live there, and it listens on 127.0.0.1 only, on a port
+//     that was free when it started. Nothing outside that directory is touched.
+//   - Authentication is trust for the superuser "postgres", over TCP and for
+//     replication connections, so URL() needs no password.
+//   - It is built for speed, not durability: fsync, synchronous_commit and
+//     full_page_writes are off. Never point it at data you want to keep. A
+//     crash of the server processes (Restart "immediate") keeps whatever was
+//     written to the WAL files, since the OS still holds it, but with
+//     synchronous_commit=off the last few hundred milliseconds of
+//     acknowledged commits may not have been written yet; crash tests that
+//     assert durability set synchronous_commit=on through Options.ExtraConf
+//     or per session. For the same reason a commit reaches logical decoding
+//     (which stops at the flushed WAL position) up to wal_writer_delay
+//     (200ms by default) after it returns; latency measurements that care
+//     lower wal_writer_delay or turn synchronous_commit on.
+//   - wal_level is logical and there is room for 64 slots and 64 WAL senders.
+//   - No process outlives the program that started it. Stop shuts the server
+//     down (immediate mode) and removes the directory. In addition, every
+//     server has a watchdog shell process holding the read end of a pipe whose
+//     write end only this process has; when this process exits for any
+//     reason (a panicking test, a timeout, SIGKILL) the kernel closes the pipe
+//     and the watchdog stops the server and removes the directory.
+//   - When running as root, initdb, pg_ctl and postgres run as the "postgres"
+//     OS user (PostgreSQL refuses to run as root), and the temporary directory
+//     is owned by that user.
+//
+// DropDatabase and CreateDatabase need PostgreSQL 13 or later (DROP DATABASE
+// ... WITH (FORCE)); DropDatabase first drops the database's replication
+// slots, terminating any WAL sender that holds one, because a slot in use
+// blocks DROP DATABASE.
+//
+// pgtest.go holds helpers for tests of other packages (Main, SharedServer,
+// NewDatabase): one server per test binary, one fresh database per test.
+package pglocal

@@ -1,0 +1,90 @@
+package subs
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Entry is one subscription change as the stream applied it.
+type Entry struct {
+	ID      string
+	Deleted bool
+	Sub     *Subscription // nil when Deleted
+}
+
+// Load builds the index as it stood at lsn: for each subscription, the newest
+// log entry at or before lsn. It also prunes entries no start can need again:
+// those superseded at or before lsn.
+func Load(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (*Index, error) {
+	ix := New()
+	rows, err := db.Query(ctx, `
+		SELECT DISTINCT ON (id) id::text, deleted, coalesce(owner, ''), coalesce(event, ''), coalesce(target_url, ''),
+			coalesce(site, '/'), coalesce(dialect, 'default'), coalesce(secret, ''), coalesce(active, false)
+		FROM walhook.subscription_log WHERE lsn <= $1::text::pg_lsn
+		ORDER BY id, lsn DESC`, lsn.String())
+	if err != nil {
+		return nil, fmt.Errorf("load subscriptions as of %s: %w", lsn, err)
+	}
+	var deleted bool
+	var s Subscription
+	_, err = pgx.ForEachRow(rows, []any{&s.ID, &deleted, &s.Owner, &s.Event, &s.TargetURL, &s.Site, &s.Dialect, &s.Secret, &s.Active}, func() error {
+		if !deleted {
+			c := s
+			ix.Put(&c)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load subscriptions as of %s: %w", lsn, err)
+	}
+	_, err = db.Exec(ctx, `
+		DELETE FROM walhook.subscription_log l USING (
+			SELECT id, max(lsn) AS lsn FROM walhook.subscription_log WHERE lsn <= $1::text::pg_lsn GROUP BY id) k
+		WHERE l.id = k.id AND (l.lsn < k.lsn OR (l.lsn = k.lsn AND l.deleted))`, lsn.String())
+	if err != nil {
+		return nil, fmt.Errorf("prune subscription log: %w", err)
+	}
+	return ix, nil
+}
+
+// WriteLog records the entries of one transaction at its end LSN. Writing the
+// same entries again (a replay) changes nothing.
+func WriteLog(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN, entries []Entry) error {
+	b := &pgx.Batch{}
+	for _, e := range entries {
+		if e.Deleted {
+			b.Queue(`INSERT INTO walhook.subscription_log (id, lsn, deleted) VALUES ($1, $2::text::pg_lsn, true)
+				ON CONFLICT (id, lsn) DO UPDATE SET deleted = true, owner = NULL, event = NULL, target_url = NULL,
+					site = NULL, dialect = NULL, secret = NULL, active = NULL`, e.ID, lsn.String())
+			continue
+		}
+		s := e.Sub
+		b.Queue(`INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, target_url, site, dialect, secret, active)
+			VALUES ($1, $2::text::pg_lsn, false, $3, $4, $5, $6, $7, nullif($8, ''), $9)
+			ON CONFLICT (id, lsn) DO UPDATE SET deleted = false, owner = excluded.owner, event = excluded.event,
+				target_url = excluded.target_url, site = excluded.site, dialect = excluded.dialect,
+				secret = excluded.secret, active = excluded.active`,
+			s.ID, lsn.String(), s.Owner, s.Event, s.TargetURL, s.Site, s.Dialect, s.Secret, s.Active)
+	}
+	if err := db.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write subscription log at %s: %w", lsn, err)
+	}
+	return nil
+}
+
+// Snapshot records every current subscription at lsn. Install calls it when it
+// creates a slot, since the new slot will never replay how they came to be.
+func Snapshot(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) (int64, error) {
+	tag, err := conn.Exec(ctx, `
+		INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, target_url, site, dialect, secret, active)
+		SELECT id, $1::text::pg_lsn, false, owner, event, target_url, site, dialect, secret, active FROM walhook.subscriptions
+		ON CONFLICT (id, lsn) DO NOTHING`, lsn.String())
+	if err != nil {
+		return 0, fmt.Errorf("snapshot subscriptions at %s: %w", lsn, err)
+	}
+	return tag.RowsAffected(), nil
+}

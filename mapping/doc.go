@@ -1,0 +1,33 @@
+// Package mapping turns the YAML config into compiled table mappings, and
+// committed row changes into events.
+//
+// Load and Parse read walhook.yaml; CheckCatalog checks it against the
+// database's tables as described by a Catalog the caller builds; New compiles
+// it into a Mapper whose Map turns a change.Change into Events, and whose
+// Tables render rows as JSON with AppendData.
+//
+// Invariants:
+//   - No I/O except Load reading the config file, and no network code: the
+//     catalog arrives as a value and CEL is compiled elsewhere, so the package
+//     is tested from bytes. (It imports internal/change, which imports
+//     pglogrepl for the LSN type; that is the only path to network packages.)
+//   - Every config problem is reported, all at once, as
+//     "file:line: field.path: problem" (Errors of ConfigError); list indices in
+//     field paths are 0-based. Parse fills every default, so consumers never
+//     apply defaults of their own.
+//   - Event ids are deterministic: EventID hashes the commit LSN, the change's
+//     position in its transaction and the event name, so a change replayed
+//     after a restart carries the same id and receivers can deduplicate.
+//   - Event names are unique across the config: one name, one table.
+//   - `verbs:` replaces the default verbs entirely: an operation it leaves out,
+//     or maps to "", produces no standard event.
+//   - AppendData never reports an unchanged TOAST value as null: it fills the
+//     value from the fill row when that has it, and otherwise leaves the column
+//     out. Key columns can never be filtered out.
+//   - A Mapper is immutable after New and safe for concurrent use. Per-table
+//     column filters are cached by *change.Relation, so the stream must treat a
+//     Relation as immutable once handed out and send a new one on DDL.
+//   - Derived events (TableConfig.Events) are parsed, validated and listed by
+//     Events, but Map does not produce them until their CEL `when` is compiled
+//     by the package that owns CEL; see the TODO(cel) in Map.
+package mapping

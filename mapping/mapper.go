@@ -1,0 +1,338 @@
+package mapping
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"path"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/walhook/walhook/internal/change"
+)
+
+// Mapper turns changes into events. It is immutable after New and safe for
+// concurrent use.
+type Mapper struct {
+	tables map[string]*Table // by qualified name
+	// bySchema indexes tables by schema, then table name, so Map finds a
+	// relation's table without building "schema.name" per change.
+	bySchema map[string]map[string]*Table
+	names    []string
+	events   []EventInfo
+}
+
+// Table is one compiled table mapping.
+type Table struct {
+	Name   string // schema.table
+	Noun   string
+	Config *TableConfig
+	// Derived are the table's derived events in config order. Map does not
+	// produce them yet: their `when` is CEL, compiled by another package.
+	Derived []*DerivedEvent
+
+	// events is the standard event name by change.Op; "" for none.
+	events [change.Delete + 1]string
+	// derivedOn is Derived by change.Op, ready for the CEL hook in Map.
+	derivedOn [change.Delete + 1][]*DerivedEvent
+
+	include map[string]bool // nil: every column not excluded
+	exclude map[string]bool
+
+	// filter caches the column selection for the last relation seen, so
+	// AppendData and Site do no map lookups per row. Relations change only
+	// with DDL, so one entry nearly always hits; a miss rebuilds it.
+	filter atomic.Pointer[relFilter]
+}
+
+// EventInfo describes an event the config can produce.
+type EventInfo struct {
+	Name    string
+	Table   string // schema.table
+	Op      string // insert, update or delete; "" for none
+	Derived bool
+}
+
+// Event is one event produced by a change.
+type Event struct {
+	ID     string
+	Name   string
+	Table  *Table
+	Change *change.Change
+}
+
+// New compiles cfg. It checks the table mappings again, so a Config built in
+// code gets the same checks as a parsed one. The Mapper keeps cfg's
+// TableConfigs; do not change them afterwards.
+func New(cfg *Config) (*Mapper, error) {
+	if cfg == nil {
+		return nil, errors.New("new mapper: nil config")
+	}
+	if errs := validateTables(cfg.File, cfg.Tables); len(errs) > 0 {
+		return nil, (&collector{errs: errs}).err()
+	}
+	m := &Mapper{
+		tables:   make(map[string]*Table, len(cfg.Tables)),
+		bySchema: map[string]map[string]*Table{},
+	}
+	for _, tc := range cfg.Tables {
+		t := &Table{Name: tc.Table, Noun: tc.Noun, Config: tc, Derived: tc.Events}
+		verbs := tc.Verbs
+		if verbs == nil {
+			verbs = DefaultVerbs()
+		}
+		for op := change.Insert; op <= change.Delete; op++ {
+			if v := verbs[op.String()]; v != "" {
+				t.events[op] = tc.Noun + "." + v
+				m.events = append(m.events, EventInfo{Name: t.events[op], Table: t.Name, Op: op.String()})
+			}
+		}
+		for _, e := range tc.Events {
+			op := opOf(e.On)
+			t.derivedOn[op] = append(t.derivedOn[op], e)
+			m.events = append(m.events, EventInfo{Name: e.Name, Table: t.Name, Op: e.On, Derived: true})
+		}
+		if len(tc.Columns.Include) > 0 {
+			t.include = setOf(tc.Columns.Include)
+		}
+		t.exclude = setOf(tc.Columns.Exclude)
+
+		schema, name, _ := strings.Cut(tc.Table, ".")
+		if m.bySchema[schema] == nil {
+			m.bySchema[schema] = map[string]*Table{}
+		}
+		m.bySchema[schema][name] = t
+		m.tables[t.Name] = t
+		m.names = append(m.names, t.Name)
+	}
+	slices.Sort(m.names)
+	slices.SortFunc(m.events, func(a, b EventInfo) int { return strings.Compare(a.Name, b.Name) })
+	return m, nil
+}
+
+// Tables returns the qualified names of the mapped tables, sorted. The
+// publication also needs the owners.watch tables and walhook's own
+// subscriptions table; those are not mapped tables and are not listed here.
+func (m *Mapper) Tables() []string { return slices.Clone(m.names) }
+
+// Events returns every event the config can produce, sorted by name.
+func (m *Mapper) Events() []EventInfo { return slices.Clone(m.events) }
+
+// Table returns the mapping of the named table, or nil if it is not mapped.
+func (m *Mapper) Table(qualified string) *Table { return m.tables[qualified] }
+
+// Map appends the events of ch to dst: the standard event when the table maps
+// the change's operation to a verb. Changes to unmapped tables produce
+// nothing. ch.Tx must be set: it supplies the commit LSN for the event id.
+func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
+	rel := ch.Relation
+	if rel == nil {
+		return dst
+	}
+	t := m.bySchema[rel.Schema][rel.Name]
+	if t == nil || ch.Op > change.Delete {
+		return dst
+	}
+	if name := t.events[ch.Op]; name != "" {
+		dst = append(dst, Event{
+			ID:     EventID(uint64(ch.Tx.CommitLSN), ch.Seq, name),
+			Name:   name,
+			Table:  t,
+			Change: ch,
+		})
+	}
+	// TODO(cel): derived events. For each e in t.derivedOn[ch.Op], in config
+	// order, append Event{ID: EventID(lsn, seq, e.Name), Name: e.Name, ...}
+	// when e.When (compiled by the CEL package, with new, old, row, op, table
+	// and site bound) is true; a condition that fails to evaluate produces no
+	// event. The ids stay distinct from the standard event's because the name
+	// is hashed in.
+	return dst
+}
+
+// EventID returns the id of the event name produced by the change at seq in
+// the transaction committed at commitLSN. It is deterministic, so a change
+// replayed after a restart gets the same id and receivers can deduplicate.
+// The id is formatted as a UUID (version 8, RFC 9562 variant) built from
+// SHA-256 over commitLSN (uint64 big-endian), seq (uint32 big-endian) and
+// name.
+//
+// commitLSN is a bare uint64, not pglogrepl.LSN, to keep the signature free
+// of the replication client's types; pass uint64(tx.CommitLSN).
+func EventID(commitLSN uint64, seq uint32, name string) string {
+	// Hash from a stack buffer: names are short, so this does not allocate.
+	var buf [128]byte
+	in := binary.BigEndian.AppendUint64(buf[:0], commitLSN)
+	in = binary.BigEndian.AppendUint32(in, seq)
+	in = append(in, name...)
+	sum := sha256.Sum256(in)
+	u := sum[:16]
+	u[6] = u[6]&0x0f | 0x80 // version 8
+	u[8] = u[8]&0x3f | 0x80 // variant 10
+	const hexDigits = "0123456789abcdef"
+	var out [36]byte
+	j := 0
+	for i, b := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			out[j] = '-'
+			j++
+		}
+		out[j], out[j+1] = hexDigits[b>>4], hexDigits[b&0x0f]
+		j += 2
+	}
+	return string(out[:])
+}
+
+// Site returns the row's site path from the table's site column: the new row,
+// or the old row for deletes (and for updates whose new value is an
+// unchanged TOAST value). NULL, empty, absent or unconfigured gives "/".
+// The path is cleaned with CleanSite.
+func (t *Table) Site(ch *change.Change) string {
+	if t.Config == nil || t.Config.Site == "" || ch.Relation == nil {
+		return "/"
+	}
+	f := t.filterFor(ch.Relation)
+	if f.site < 0 {
+		return "/"
+	}
+	row := ch.New
+	if ch.Op == change.Delete {
+		row = ch.Old
+	}
+	d := datum(row, f.site)
+	if d.Kind == change.Unchanged {
+		d = datum(ch.Old, f.site)
+	}
+	if d.Kind != change.Text || len(d.Text) == 0 {
+		return "/"
+	}
+	return CleanSite(string(d.Text))
+}
+
+// CleanSite normalises a site path: a leading slash, no empty, "." or ".."
+// segments, and no trailing slash except for the root. "" is "/". Sites are
+// compared as cleaned paths everywhere, so "/acme/east/" and "acme//east"
+// name the same site.
+func CleanSite(s string) string {
+	if s == "" {
+		return "/"
+	}
+	if s[0] != '/' {
+		s = "/" + s
+	}
+	return path.Clean(s)
+}
+
+func datum(row change.Row, i int) change.Datum {
+	if i < len(row) {
+		return row[i]
+	}
+	// A row shorter than its relation is not expected from pgoutput; treat
+	// the missing values as not sent rather than as NULL.
+	return change.Datum{Kind: change.Unchanged}
+}
+
+// AppendData appends row as a JSON object {"col": value, ...} in column
+// order, keeping the columns the table's include/exclude select. An
+// unchanged TOAST value is taken from fill when fill is non-nil and has it;
+// otherwise the column is left out, never reported as null. Values are
+// encoded with the column's Encoder, or as JSON strings when it has none.
+func (t *Table) AppendData(dst []byte, rel *change.Relation, row, fill change.Row) []byte {
+	f := t.filterFor(rel)
+	dst = append(dst, '{')
+	first := true
+	for i := range f.cols {
+		c := &f.cols[i]
+		d := datum(row, c.idx)
+		if d.Kind == change.Unchanged && fill != nil {
+			d = datum(fill, c.idx)
+		}
+		if d.Kind != change.Null && d.Kind != change.Text {
+			continue // unchanged and not filled: leave it out
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		dst = append(dst, c.key...)
+		switch {
+		case d.Kind == change.Null:
+			dst = append(dst, "null"...)
+		case c.enc != nil:
+			dst = c.enc(dst, d.Text)
+		default:
+			dst = appendString(dst, d.Text)
+		}
+	}
+	return append(dst, '}')
+}
+
+// relFilter is a table's column selection resolved against one relation.
+type relFilter struct {
+	rel   *change.Relation
+	cols0 *change.Column // &rel.Columns[0] when built, to notice a replaced slice
+	ncols int
+	cols  []outCol
+	site  int // index of the site column, or -1
+}
+
+type outCol struct {
+	idx int
+	key []byte // the JSON-escaped column name and ':'
+	enc change.Encoder
+}
+
+// filterFor returns the column filter for rel, building it on a cache miss.
+// The cache is keyed by the *Relation pointer: the stream hands out a new
+// Relation when a table's shape changes and never edits one in place. The
+// column count and slice are compared as well, as a cheap guard against an
+// in-place edit.
+func (t *Table) filterFor(rel *change.Relation) *relFilter {
+	f := t.filter.Load()
+	if f != nil && f.rel == rel && f.ncols == len(rel.Columns) && f.cols0 == unsafe.SliceData(rel.Columns) {
+		return f
+	}
+	f = &relFilter{rel: rel, cols0: unsafe.SliceData(rel.Columns), ncols: len(rel.Columns), site: -1}
+	site := ""
+	if t.Config != nil {
+		site = t.Config.Site
+	}
+	for i := range rel.Columns {
+		c := &rel.Columns[i]
+		if site != "" && c.Name == site {
+			f.site = i
+		}
+		if (t.include != nil && !t.include[c.Name]) || t.exclude[c.Name] {
+			continue
+		}
+		key := appendString(nil, []byte(c.Name))
+		f.cols = append(f.cols, outCol{idx: i, key: append(key, ':'), enc: c.Enc})
+	}
+	t.filter.Store(f)
+	return f
+}
+
+func opOf(s string) change.Op {
+	switch s {
+	case "insert":
+		return change.Insert
+	case "update":
+		return change.Update
+	case "delete":
+		return change.Delete
+	}
+	return 0
+}
+
+func setOf(list []string) map[string]bool {
+	if len(list) == 0 {
+		return nil
+	}
+	s := make(map[string]bool, len(list))
+	for _, v := range list {
+		s[v] = true
+	}
+	return s
+}
