@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sortedIDs returns the data.id of each delivery, sorted: deliveries to one
+// target run concurrently, so arrival order is not commit order.
+func sortedIDs(t *testing.T, ds []delivery) []float64 {
+	t.Helper()
+	var out []float64
+	for _, d := range ds {
+		data, _ := d.envelope(t)["data"].(map[string]any)
+		id, _ := data["id"].(float64)
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestInsertUpdateDeleteBecomeEvents(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	e.subscribe("order.created", "/orders", "/", "default", secret)
+	e.subscribe("order.updated", "/orders")
+	e.subscribe("order.deleted", "/orders")
+	e.start()
+
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'Grace')`)
+	e.exec(`INSERT INTO public.orders (id, customer_id, tenant_id, tenant_path, total, internal_note) VALUES (10, 1, 7, '/acme/east', 42.50, 'secret note')`)
+	e.exec(`UPDATE public.orders SET status = 'paid' WHERE id = 10`)
+	e.exec(`DELETE FROM public.orders WHERE id = 10`)
+
+	e.recv.wait(t, "/orders", 3)
+	byEvent := e.recv.byEvent(t, "/orders")
+	wantEvents := []string{"order.created", "order.updated", "order.deleted"}
+	got := make([]delivery, len(wantEvents))
+	for i, name := range wantEvents {
+		got[i] = byEvent[name]
+	}
+	for i, d := range got {
+		env := d.envelope(t)
+		if env["event"] != wantEvents[i] {
+			t.Fatalf("delivery %d event = %v, want %s", i, env["event"], wantEvents[i])
+		}
+		if d.Header.Get("webhook-id") != env["id"] || env["id"] == "" {
+			t.Fatalf("webhook-id header %q, body id %v: want equal and set", d.Header.Get("webhook-id"), env["id"])
+		}
+		if ct := d.Header.Get("Content-Type"); ct != "application/json" {
+			t.Fatalf("Content-Type = %q", ct)
+		}
+		if ua := d.Header.Get("User-Agent"); !strings.HasPrefix(ua, "walhook/") {
+			t.Fatalf("User-Agent = %q", ua)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, env["occurred_at"].(string)); err != nil {
+			t.Fatalf("occurred_at: %v", err)
+		}
+		data := env["data"].(map[string]any)
+		if data["id"] != float64(10) {
+			t.Fatalf("%s data.id = %v, want 10", wantEvents[i], data["id"])
+		}
+		if _, leaked := data["internal_note"]; leaked {
+			t.Fatalf("%s: excluded column internal_note delivered", wantEvents[i])
+		}
+	}
+	created := got[0].envelope(t)
+	data := created["data"].(map[string]any)
+	if data["status"] != "new" || data["tenant_path"] != "/acme/east" || created["site"] != "/acme/east" {
+		t.Fatalf("order.created = %s", got[0].Body)
+	}
+	if !strings.Contains(string(got[0].Body), `"total":42.50`) {
+		t.Fatalf("numeric total not exact in %s", got[0].Body)
+	}
+	if got[1].envelope(t)["data"].(map[string]any)["status"] != "paid" {
+		t.Fatalf("order.updated = %s", got[1].Body)
+	}
+	// Default replica identity: a delete carries the key and nothing it
+	// does not know, never a NULL for the unknown columns.
+	if del := got[2].envelope(t)["data"].(map[string]any); len(del) != 1 {
+		t.Fatalf("order.deleted data = %v, want only the key", del)
+	}
+
+	// The signed one verifies with the Standard Webhooks construction.
+	sig := got[0].Header.Get("webhook-signature")
+	mac := hmac.New(sha256.New, []byte("0123456789abcdef0123456789abcdef"))
+	mac.Write([]byte(got[0].Header.Get("webhook-id") + "." + got[0].Header.Get("webhook-timestamp") + "."))
+	mac.Write(got[0].Body)
+	if want := "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil)); sig != want {
+		t.Fatalf("webhook-signature = %q, want %q", sig, want)
+	}
+	if got[1].Header.Get("webhook-signature") != "" {
+		t.Fatalf("unsigned subscription got a signature")
+	}
+
+	// Every attempt is recorded.
+	var n int
+	waitFor(t, 10*time.Second, "3 attempts recorded", func() bool {
+		_ = e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts WHERE status = 'succeeded' AND response_status = 200`).Scan(&n)
+		return n == 3
+	})
+}
+
+func TestRolledBackWorkProducesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.subscribe("customer.created", "/c")
+	e.start()
+	ctx := context.Background()
+
+	tx, err := e.conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'rolled back')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A savepoint rolled back inside a committed transaction.
+	e.exec(`BEGIN;
+		INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'kept');
+		SAVEPOINT s;
+		INSERT INTO public.customers (id, tenant_id, name) VALUES (3, 7, 'savepoint rolled back');
+		ROLLBACK TO SAVEPOINT s;
+		COMMIT`)
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (4, 7, 'sentinel')`)
+
+	got := e.recv.wait(t, "/c", 2)
+	if g := sortedIDs(t, got); len(g) != 2 || g[0] != 2 || g[1] != 4 {
+		t.Fatalf("delivered customer ids %v, want [2 4]", g)
+	}
+}
+
+func TestUnsubscribeStopsDeliveries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	gone := e.subscribe("customer.created", "/gone")
+	e.subscribe("customer.created", "/stays")
+	e.start()
+
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before')`)
+	e.recv.wait(t, "/gone", 1)
+	var ok bool
+	if err := e.conn.QueryRow(context.Background(), `SELECT walhook.unsubscribe($1)`, gone).Scan(&ok); err != nil || !ok {
+		t.Fatalf("unsubscribe = %v, %v; want true", ok, err)
+	}
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'after')`)
+	e.recv.wait(t, "/stays", 2)
+	if g := sortedIDs(t, e.recv.deliveries("/gone")); len(g) != 1 || g[0] != 1 {
+		t.Fatalf("unsubscribed target got %v, want only [1]", g)
+	}
+	if err := e.conn.QueryRow(context.Background(), `SELECT walhook.unsubscribe($1)`, gone).Scan(&ok); err != nil || ok {
+		t.Fatalf("second unsubscribe = %v, %v; want false", ok, err)
+	}
+}
+
+func TestSubscriptionSeesOnlyLaterChanges(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.subscribe("customer.created", "/early")
+	e.start()
+
+	// While running: a change, then a subscription, then another change.
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before live subscription')`)
+	e.subscribe("customer.created", "/live")
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'after live subscription')`)
+	e.recv.wait(t, "/live", 1)
+	e.recv.wait(t, "/early", 2)
+
+	// While stopped: the same, replayed after the restart.
+	e.stop()
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (3, 7, 'before subscription while stopped')`)
+	e.subscribe("customer.created", "/late")
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (4, 7, 'after subscription while stopped')`)
+	e.start()
+	e.recv.wait(t, "/late", 1)
+	e.recv.wait(t, "/early", 4)
+
+	if g := sortedIDs(t, e.recv.deliveries("/live")); len(g) != 3 || g[0] != 2 {
+		t.Fatalf("/live got %v, want [2 3 4]", g)
+	}
+	if g := sortedIDs(t, e.recv.deliveries("/late")); len(g) != 1 || g[0] != 4 {
+		t.Fatalf("/late got %v, want [4]", g)
+	}
+	if g := sortedIDs(t, e.recv.deliveries("/early")); len(g) != 4 {
+		t.Fatalf("/early got %v, want [1 2 3 4] (changes while stopped are delivered after restart)", g)
+	}
+}
+
+func TestConfirmedLSNAdvancesOnUnmappedWrites(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.subscribe("customer.created", "/c")
+	e.start()
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'x')`)
+	e.recv.wait(t, "/c", 1)
+
+	start := e.confirmed()
+	for i := range 50 {
+		e.exec(`INSERT INTO public.audit_log (note) VALUES ($1)`, fmt.Sprint(i))
+	}
+	target := e.currentLSN()
+	waitFor(t, 30*time.Second, "confirmed LSN to pass unmapped writes", func() bool {
+		return e.confirmed() >= target
+	})
+	if e.confirmed() <= start {
+		t.Fatalf("confirmed LSN %s did not move from %s", e.confirmed(), start)
+	}
+}
