@@ -242,7 +242,7 @@ func (p *parser) yamlError(err error) {
 		problem := m[2]
 		// For these parser errors the YAML library reports the 0-based line
 		// where the enclosing list or mapping starts, not where the problem
-		// is; say so rather than point one line too early.
+		// is: convert it to 1-based and say what the line is.
 		if slices.Contains(parserContextErrors, problem) {
 			line++
 			problem += " in the list or mapping starting here"
@@ -276,10 +276,8 @@ func (p *parser) config(cfg *Config, root *yaml.Node) {
 		case "tables":
 			sawTables = true
 			cfg.Tables = p.tables(v)
-			if len(cfg.Tables) == 0 && isMissing(v) {
+			if len(cfg.Tables) == 0 && (isMissing(v) || v.Kind == yaml.SequenceNode) {
 				p.add(k.Line, "tables", "empty (want at least one table to map)")
-			} else if len(cfg.Tables) == 0 && v.Kind == yaml.SequenceNode {
-				p.add(v.Line, "tables", "empty (want at least one table to map)")
 			}
 		case "delivery":
 			p.delivery(&cfg.Delivery, v)
@@ -347,10 +345,7 @@ func (p *parser) tables(v *yaml.Node) []*TableConfig {
 		t := &TableConfig{Line: item.Line, lines: map[string]int{}}
 		tables = append(tables, t)
 		p.fields(item, path, tableKeys, func(key string, k, v *yaml.Node) {
-			t.lines[key] = v.Line
-			if isMissing(v) {
-				t.lines[key] = k.Line
-			}
+			t.lines[key] = k.Line
 			f := path + "." + key
 			switch key {
 			case "table":

@@ -436,6 +436,11 @@ func TestParseErrors(t *testing.T) {
 			want: []string{`walhook.yaml:4: tables[0].key: empty (omit key to use the primary key)`},
 		},
 		{
+			name: "no events at all",
+			yaml: strings.Replace(minimal, "    acl:", "    verbs: {update: \"\"}\n    acl:", 1),
+			want: []string{`walhook.yaml:4: tables[0].verbs: the table produces no events (no verbs and no derived events); remove it or add some`},
+		},
+		{
 			name: "retry empty",
 			yaml: minimal + "delivery:\n  retry: []\n",
 			want: []string{`walhook.yaml:6: delivery.retry: empty (want the delay before each attempt, e.g. [0s, 5s, 5m]; at least one)`},

@@ -9,8 +9,9 @@
 // Invariants:
 //   - No I/O except Load reading the config file, and no network code: the
 //     catalog arrives as a value and CEL is compiled elsewhere, so the package
-//     is tested from bytes. (It imports internal/change, which imports
-//     pglogrepl for the LSN type; that is the only path to network packages.)
+//     is tested from bytes. (internal/change imports pglogrepl for the LSN
+//     type and pgtype for type OIDs, which pull pgconn into the build; nothing
+//     here calls them.)
 //   - Every config problem is reported, all at once, as
 //     "file:line: field.path: problem" (Errors of ConfigError); list indices in
 //     field paths are 0-based. Parse fills every default, so consumers never

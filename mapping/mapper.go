@@ -257,14 +257,7 @@ func (t *Table) AppendData(dst []byte, rel *change.Relation, row, fill change.Ro
 		}
 		first = false
 		dst = append(dst, c.key...)
-		switch {
-		case d.Kind == change.Null:
-			dst = append(dst, "null"...)
-		case c.enc != nil:
-			dst = c.enc(dst, d.Text)
-		default:
-			dst = appendString(dst, d.Text)
-		}
+		dst = change.AppendJSON(dst, c.enc, d)
 	}
 	return append(dst, '}')
 }
@@ -307,7 +300,7 @@ func (t *Table) filterFor(rel *change.Relation) *relFilter {
 		if (t.include != nil && !t.include[c.Name]) || t.exclude[c.Name] {
 			continue
 		}
-		key := appendString(nil, []byte(c.Name))
+		key := change.AppendString(nil, []byte(c.Name))
 		f.cols = append(f.cols, outCol{idx: i, key: append(key, ':'), enc: c.Enc})
 	}
 	t.filter.Store(f)

@@ -88,10 +88,12 @@ func validateTables(file string, tables []*TableConfig) Errors {
 		if verbs == nil {
 			verbs = DefaultVerbs()
 		}
+		badVerb := false
 		for _, op := range sortedOps(verbs) {
 			f := path + ".verbs." + op
 			verb := verbs[op]
 			if !slices.Contains(ops, op) {
+				badVerb = true
 				c.add(t.line("verbs."+op, "verbs"), f, fmt.Sprintf("unknown operation %q (want insert, update or delete)", op))
 				continue
 			}
@@ -110,6 +112,11 @@ func validateTables(file string, tables []*TableConfig) Errors {
 				field, line = path+".noun", t.line("noun")
 			}
 			claim(name, field, line)
+		}
+
+		// Skipped after a bad verb, which already explains the missing event.
+		if !badVerb && len(t.Events) == 0 && !slices.ContainsFunc(ops, func(op string) bool { return verbs[op] != "" }) {
+			c.add(t.line("verbs"), path+".verbs", "the table produces no events (no verbs and no derived events); remove it or add some")
 		}
 
 		for j, e := range t.Events {

@@ -34,9 +34,9 @@ type env struct {
 	svc     *runningService
 }
 
-// newEnv creates a database with the demo schema, installs walhook with cfg
+// newEnv creates a database with the demo schema and schemaSQL, installs walhook with cfg
 // (the demo config when empty) and starts a receiver.
-func newEnv(t *testing.T, cfg string) *env {
+func newEnv(t *testing.T, cfg string, schemaSQL ...string) *env {
 	t.Helper()
 	dsn := pglocal.NewDatabase(t)
 	ctx := context.Background()
@@ -47,6 +47,11 @@ func newEnv(t *testing.T, cfg string) *env {
 	t.Cleanup(func() { conn.Close(context.WithoutCancel(ctx)) })
 	if _, err := conn.Exec(ctx, demoSchema); err != nil {
 		t.Fatalf("create demo schema: %v", err)
+	}
+	for _, sql := range schemaSQL {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("create schema: %v", err)
+		}
 	}
 	if cfg == "" {
 		cfg = string(demoConfig)

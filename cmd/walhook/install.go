@@ -107,6 +107,9 @@ func checkCatalog(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) erro
 	for _, t := range cfg.Tables {
 		names = append(names, t.Table)
 	}
+	if cfg.Owners != nil {
+		names = append(names, cfg.Owners.Watch...)
+	}
 	rows, err := conn.Query(ctx, `
 		SELECT n.nspname || '.' || c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
 			coalesce(a.attnum = ANY(i.indkey), false)

@@ -11,7 +11,8 @@ import (
 // connection uses: DateStyle=ISO, TimeZone=UTC, IntervalStyle=postgres,
 // extra_float_digits=3, bytea_output=hex. Any text that does not have the shape
 // those settings produce is emitted as a JSON string of the text as sent, so
-// that no input, however malformed, can make the document invalid or lose data.
+// that no input, however malformed, loses data or makes the document invalid
+// (json and jsonb excepted; see appendRawJSON).
 
 // EncoderFor returns the Encoder for a type OID. Array types are decoded with
 // the encoder of their built-in element type. Unknown OIDs (enums, domains,

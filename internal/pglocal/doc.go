@@ -19,6 +19,9 @@
 //   - It is private to its temporary directory: data directory, log file and
 //     Unix socket all live there, and it listens on 127.0.0.1 only, on a port
 //     that was free when it started. Nothing outside that directory is touched.
+//     The directory is under $TMPDIR when that is set, else under /dev/shm
+//     when it has 2 GiB free (a memory file system makes initdb several times
+//     faster on a busy machine), else under the system's temporary directory.
 //   - Authentication is trust for the superuser "postgres", over TCP and for
 //     replication connections, so URL() needs no password.
 //   - It is built for speed, not durability: fsync, synchronous_commit and

@@ -520,6 +520,28 @@ func TestStartRejectsBadExtraConf(t *testing.T) {
 	}
 }
 
+// TestStartFailureShowsLog checks that a server that will not start is
+// explained by its own log in the error, and leaves nothing behind.
+func TestStartFailureShowsLog(t *testing.T) {
+	t.Setenv(EnvDatabaseURL, "")
+	srv, err := Start(t.Context(), Options{ExtraConf: map[string]string{"max_connections": "lots"}})
+	if err == nil {
+		srv.Stop()
+		t.Fatal("Start with max_connections=lots succeeded, want error")
+	}
+	// The server's own complaint names the setting and the bad value.
+	if !strings.Contains(err.Error(), "server log") || !strings.Contains(err.Error(), `"max_connections"`) {
+		t.Errorf("error lacks the server log's explanation:\n%v", err)
+	}
+	m := regexp.MustCompile(`server log (\S+), last lines`).FindStringSubmatch(err.Error())
+	if m == nil {
+		t.Fatalf("error names no log file:\n%v", err)
+	}
+	if _, serr := os.Stat(filepath.Dir(m[1])); !errors.Is(serr, os.ErrNotExist) {
+		t.Errorf("failed Start left %s behind (stat: %v)", filepath.Dir(m[1]), serr)
+	}
+}
+
 // stubBinDir makes dir holding executables named like the server binaries;
 // findBinDir only looks at them.
 func stubBinDir(t *testing.T, dir string) {
@@ -665,6 +687,34 @@ func BenchmarkStart(b *testing.B) {
 		}
 		if err := srv.Stop(); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestTempBase(t *testing.T) {
+	private := t.TempDir() // 0700: the server user could not enter it
+	long := filepath.Join(private, strings.Repeat("x", maxBaseLen))
+	if err := os.Mkdir(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unset := "/tmp"
+	if freeBytes(shmDir) >= minShmFree {
+		unset = shmDir
+	}
+	tests := []struct {
+		tmpdir    string
+		otherUser bool
+		want      string
+	}{
+		{"", false, unset},
+		{private, false, private},
+		{private, true, "/tmp"},
+		{long, false, "/tmp"}, // socket path would be too long
+	}
+	for _, tc := range tests {
+		t.Setenv("TMPDIR", tc.tmpdir)
+		if got := tempBase(tc.otherUser); got != tc.want {
+			t.Errorf("TMPDIR=%q otherUser=%v: tempBase = %q, want %q", tc.tmpdir, tc.otherUser, got, tc.want)
 		}
 	}
 }
