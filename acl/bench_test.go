@@ -155,3 +155,18 @@ func BenchmarkCompile(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAllowComprehension shows the price of the runtime cost limit,
+// which only rules with comprehensions pay.
+func BenchmarkAllowComprehension(b *testing.B) {
+	r := compileYAML(b, "tables:\n  - table: public.orders\n    noun: order\n    acl: owner.tenants.exists(t, t == row.tenant_id)\n")
+	in := &Input{Op: change.Insert, New: RowValues(benchRel, benchRow)}
+	o := benchOwner("u2", 7)
+	b.ReportAllocs()
+	for range b.N {
+		if ok, err := r.Allow("public.orders", in, o); !ok || err != nil {
+			b.Fatalf("Allow() = %v, %v", ok, err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "checks/s")
+}

@@ -29,7 +29,9 @@
 //     variables above, gives a bool (or dyn, checked per evaluation), and its
 //     estimated cost is at most MaxCost when every string, list and map it
 //     reads has AssumedSize elements. Deeply nested comprehensions are refused
-//     when the config loads rather than stalling the pipeline per row.
+//     when the config loads rather than stalling the pipeline per row, and a
+//     rule with a comprehension that meets far larger values than assumed is
+//     stopped at RuntimeCostLimit and denies.
 //   - A `when` cannot read owner: a derived event exists or not for everyone,
 //     and each subscriber is then judged by the table's acl.
 //   - Rules is immutable after Compile and safe for concurrent use. Evaluation

@@ -30,9 +30,19 @@ import (
 // comprehension and a comprehension nested in one more are all well inside
 // MaxCost; a third level of nesting is not, and a rule that runs for every
 // subscription of every row must not be able to loop n³ times.
+//
+// RuntimeCostLimit is the backstop for when the assumption is wrong: a rule
+// with a comprehension (exists, all, map, filter), the only way a rule's cost
+// can grow faster than its input, stops when its actual cost passes it, and
+// fails, so denies. It is MaxCost, the budget the estimate enforced, which
+// is tens of milliseconds of evaluation: more would let one row stall the
+// pipeline for seconds across a fan-out. Rules without comprehensions are
+// not tracked: tracking doubles the cost of an evaluation, and their cost is
+// linear in the size of the row and owner anyway.
 const (
-	MaxCost     = 1_000_000
-	AssumedSize = 100
+	MaxCost          = 1_000_000
+	AssumedSize      = 100
+	RuntimeCostLimit = MaxCost
 )
 
 // Errors returned by evaluation. Config problems are mapping.Errors instead.
@@ -45,7 +55,8 @@ var (
 	ErrUnknownEvent = errors.New("no derived event")
 	// ErrWrongTable means an Input's Table is not the rule's table.
 	ErrWrongTable = errors.New("input is a row of another table")
-	// ErrBadOp means an Input's Op is not insert, update or delete.
+	// ErrBadOp means an Input is nil or its Op is not insert, update or
+	// delete.
 	ErrBadOp = errors.New("input has no valid op")
 	// ErrNotBool means a rule declared as dyn gave something other than a
 	// bool for this input, e.g. `row.flag` on a text column.
@@ -234,13 +245,14 @@ func compile(env *cel.Env, vars []string, src string, line int) (*rule, *celast.
 	if iss != nil && iss.Err() != nil {
 		var ps []problem
 		for _, e := range iss.Errors() {
-			msg := strings.TrimSuffix(e.Message, " (in container '')")
+			msg := strings.Replace(e.Message, " (in container '')", "", 1)
 			if strings.HasPrefix(msg, "undeclared reference to") {
-				msg += " (variables: " + strings.Join(vars, ", ") + ")"
+				msg += "; the variables are " + strings.Join(vars, ", ")
 			}
+			// CEL columns are 0-based; editors count from 1.
 			ps = append(ps, problem{
 				line: fileLine(src, line, e.Location.Line()),
-				text: fmt.Sprintf("%s (column %d)", msg, e.Location.Column()+1),
+				text: fmt.Sprintf("column %d: %s", e.Location.Column()+1, msg),
 			})
 		}
 		return nil, nil, ps
@@ -258,7 +270,11 @@ func compile(env *cel.Env, vars []string, src string, line int) (*rule, *celast.
 				"avoid nesting comprehensions (exists, all, map, filter) in each other, use `in` or sets.intersects",
 			est.Max, MaxCost, AssumedSize)}}
 	}
-	prg, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize))
+	opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
+	if hasComprehension(ast.NativeRep()) {
+		opts = append(opts, cel.CostLimit(RuntimeCostLimit))
+	}
+	prg, err := env.Program(ast, opts...)
 	if err != nil {
 		return nil, nil, []problem{{line, "plan: " + err.Error()}}
 	}
@@ -290,6 +306,15 @@ func (sizeEstimator) EstimateSize(cost.AstNode) *cost.SizeEstimate {
 
 func (sizeEstimator) EstimateCallCost(string, string, *cost.AstNode, []cost.AstNode) *cost.CallEstimate {
 	return nil
+}
+
+// hasComprehension reports whether a contains a comprehension.
+func hasComprehension(a *celast.AST) bool {
+	found := false
+	celast.PreOrderVisit(a.Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		found = found || e.Kind() == celast.ComprehensionKind
+	}))
+	return found
 }
 
 // oldColumns adds to cols the columns the expression reads as row.c, old.c,
@@ -418,6 +443,9 @@ var activations = sync.Pool{New: func() any { return new(activation) }}
 
 // bind fills a pooled activation for in under rule ru; release returns it.
 func bind(ru *rule, in *Input) (*activation, error) {
+	if in == nil {
+		return nil, fmt.Errorf("%s: %w (nil input)", ru.field, ErrBadOp)
+	}
 	if in.Op < change.Insert || in.Op > change.Delete {
 		return nil, fmt.Errorf("%s: %w (%d)", ru.field, ErrBadOp, in.Op)
 	}
@@ -532,7 +560,7 @@ func (r *Rules) When(event string, in *Input) (bool, error) {
 	if ru == nil {
 		return false, fmt.Errorf("%w %s", ErrUnknownEvent, event)
 	}
-	if in.Op != ru.on {
+	if in != nil && in.Op != ru.on {
 		return false, nil
 	}
 	a, err := bind(ru, in)

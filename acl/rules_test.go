@@ -58,7 +58,7 @@ func TestCompileErrors(t *testing.T) {
 		{
 			name: "misspelled variable",
 			yaml: "tables:\n  - table: public.orders\n    noun: order\n    acl: rwo.tenant_id in owner.tenants\n",
-			want: []string{"walhook.yaml:4: tables[0].acl: ", "undeclared reference to 'rwo'", "variables: row, new, old", "(column 1)"},
+			want: []string{"walhook.yaml:4: tables[0].acl: ", "column 1: undeclared reference to 'rwo'", "the variables are row, new, old"},
 		},
 		{
 			name: "type error",
@@ -93,7 +93,7 @@ func TestCompileErrors(t *testing.T) {
 		{
 			name: "when reads owner",
 			yaml: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    events:\n      - name: order.paid\n        on: update\n        when: owner.admin\n",
-			want: []string{"walhook.yaml:8: tables[0].events[0].when: ", "undeclared reference to 'owner'", "variables: row, new, old, op, table, site)"},
+			want: []string{"walhook.yaml:8: tables[0].events[0].when: ", "undeclared reference to 'owner'", "the variables are row, new, old, op, table, site"},
 		},
 		{
 			name: "nested comprehensions",
@@ -407,4 +407,33 @@ func TestAllowConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+func TestRuntimeCostLimit(t *testing.T) {
+	t.Parallel()
+	// Within the estimate for lists of AssumedSize, far beyond it for lists
+	// of 5,000: the evaluation stops and denies instead of looping 25 million
+	// times.
+	r := compileYAML(t, "tables:\n  - table: public.docs\n    noun: doc\n    acl: owner.groups.exists(g, row.acl.exists(a, a == g))\n")
+	big := make([]any, 5000)
+	for i := range big {
+		big[i] = int64(i)
+	}
+	in := &Input{Op: change.Insert, New: map[string]any{"acl": Value(big)}}
+	ok, err := r.Allow("public.docs", in, owner("u", map[string]any{"groups": []any{int64(-1), int64(-2), int64(-3), int64(-4)}}))
+	if ok || err != nil {
+		t.Fatalf("Allow(small owner) = %v, %v; want false, no error", ok, err)
+	}
+	ok, err = r.Allow("public.docs", in, owner("u", map[string]any{"groups": big[:0:0]}))
+	if ok || err != nil {
+		t.Fatalf("Allow(no groups) = %v, %v; want false, no error", ok, err)
+	}
+	neg := make([]any, 5000)
+	for i := range neg {
+		neg[i] = int64(-i - 1)
+	}
+	ok, err = r.Allow("public.docs", in, owner("u", map[string]any{"groups": neg}))
+	if ok || err == nil || !strings.Contains(err.Error(), "cost") {
+		t.Fatalf("Allow(5,000 × 5,000) = %v, %v; want false and a cost limit error", ok, err)
+	}
 }

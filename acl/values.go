@@ -303,16 +303,22 @@ func parseTime(b []byte, dateOnly bool) (time.Time, bool) {
 			return time.Time{}, false
 		}
 		// ±HH, ±HH:MM or ±HH:MM:SS.
-		parts := bytes.Split(b[1:], []byte{':'})
-		if len(parts) > 3 {
+		b = b[1:]
+		if len(b) != 2 && len(b) != 5 && len(b) != 8 {
 			return time.Time{}, false
 		}
-		for i, p := range parts {
-			n, ok := num(p)
-			if !ok || len(p) != 2 {
+		for i, unit := range [3]int{3600, 60, 1} {
+			if 3*i >= len(b) {
+				break
+			}
+			if i > 0 && b[3*i-1] != ':' {
 				return time.Time{}, false
 			}
-			offset += n * [3]int{3600, 60, 1}[i]
+			n, ok := num(b[3*i : 3*i+2])
+			if !ok {
+				return time.Time{}, false
+			}
+			offset += n * unit
 		}
 		offset *= sign
 	}

@@ -66,6 +66,8 @@ func TestConvert(t *testing.T) {
 		{"timestamptz", 1184, "2024-03-01 12:34:56.789012+00", ts("2024-03-01T12:34:56.789012Z")},
 		{"timestamptz offset", 1184, "2024-03-01 12:34:56+05:30", ts("2024-03-01T07:04:56Z")},
 		{"timestamptz seconds offset", 1184, "1900-01-01 00:00:00-00:19:32", ts("1900-01-01T00:19:32Z")},
+		{"timestamptz hour offset", 1184, "2024-03-01 12:00:00-08", ts("2024-03-01T20:00:00Z")},
+		{"timestamptz bad offset stays text", 1184, "2024-03-01 12:00:00+5:30", types.String("2024-03-01 12:00:00+5:30")},
 		{"timestamp", 1114, "2024-03-01 12:34:56.5", ts("2024-03-01T12:34:56.5Z")},
 		{"date", 1082, "2024-02-29", ts("2024-02-29T00:00:00Z")},
 		{"date infinity stays text", 1082, "infinity", types.String("infinity")},

@@ -30,7 +30,11 @@ func (e *BlockedAddressError) Error() string {
 type ClientConfig struct {
 	Timeout      time.Duration // the whole attempt, body included
 	AllowPrivate bool
-	MaxPerHost   int
+	// AllowCIDRs are ranges dialled even when AllowPrivate is false, so an
+	// operator can permit one internal receiver without opening every
+	// private address (the cloud metadata service, say).
+	AllowCIDRs []netip.Prefix
+	MaxPerHost int
 }
 
 // NewClient returns the HTTP client deliveries use: no proxy from the
@@ -41,37 +45,64 @@ func NewClient(cfg ClientConfig) *http.Client {
 	dialer := &net.Dialer{
 		Timeout:   10 * time.Second,
 		KeepAlive: 30 * time.Second,
-		Control: func(network, address string, _ syscall.RawConn) error {
-			if cfg.AllowPrivate {
-				return nil
-			}
-			ap, err := netip.ParseAddrPort(address)
-			if err != nil {
-				return fmt.Errorf("dial %s: %w", address, err)
-			}
-			if reason := blockedReason(ap.Addr()); reason != "" {
-				return &BlockedAddressError{Addr: ap.Addr().Unmap(), Reason: reason}
-			}
-			return nil
+		// Control runs after name resolution, on the address about to be
+		// connected to, before any packet is sent.
+		Control: func(_, address string, _ syscall.RawConn) error {
+			return checkDial(address, cfg.AllowPrivate, cfg.AllowCIDRs)
 		},
 	}
 	tr := &http.Transport{
-		Proxy:                 nil,
-		DialContext:           dialer.DialContext,
+		// Never from the environment: a proxy would make the dial-time
+		// check judge the proxy's address instead of the receiver's.
+		Proxy:       nil,
+		DialContext: dialer.DialContext,
+		// Verification stays on (InsecureSkipVerify false).
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: cfg.Timeout,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   max(cfg.MaxPerHost, 2),
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
+		// Without this the transport asks for gzip and inflates the body
+		// transparently, so MaxResponseBytes would cap compressed bytes and
+		// a small gzip bomb could expand to gigabytes. Receivers' answers
+		// are short; we only keep an excerpt.
+		DisableCompression:  true,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: max(cfg.MaxPerHost, 2),
+		IdleConnTimeout:     90 * time.Second,
+		ForceAttemptHTTP2:   true,
 	}
 	return &http.Client{
 		Transport: tr,
+		// Bounds the whole exchange, body read included, even for a
+		// caller that forgets a context deadline.
+		Timeout: cfg.Timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
 	}
+}
+
+// checkDial refuses address (ip:port, as the dialer passes it) when it is
+// not public, unless allowPrivate or it falls in one of allow.
+func checkDial(address string, allowPrivate bool, allow []netip.Prefix) error {
+	if allowPrivate {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", address, err)
+	}
+	// A zone is dropped because netip.Prefix.Contains never matches a zoned
+	// address: fe80::1%eth0 would otherwise pass every check.
+	addr := ap.Addr().Unmap().WithZone("")
+	for _, p := range allow {
+		if p.Contains(addr) {
+			return nil
+		}
+	}
+	if reason := blockedReason(addr); reason != "" {
+		return &BlockedAddressError{Addr: addr, Reason: reason}
+	}
+	return nil
 }
 
 var blockedPrefixes = []struct {
@@ -109,7 +140,10 @@ var blockedPrefixes = []struct {
 // blockedReason says why addr may not be dialled, or "" when it may. IPv4
 // addresses mapped into IPv6 are judged as IPv4.
 func blockedReason(addr netip.Addr) string {
-	addr = addr.Unmap()
+	if !addr.IsValid() {
+		return "an invalid address"
+	}
+	addr = addr.Unmap().WithZone("")
 	for _, b := range blockedPrefixes {
 		if b.p.Contains(addr) {
 			return b.reason

@@ -3,38 +3,166 @@ package deliver
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
+	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"log/slog"
+
+	"github.com/walhook/walhook/mapping"
 )
 
 // maxBatch bounds one write of attempts.
 const maxBatch = 1000
+
+// Status messages a subscription is deactivated with.
+const (
+	GoneMessage      = "Deactivated: the receiver answered 410 Gone"
+	SuspendedMessage = "Delivery suspended due to too many delivery failures"
+)
+
+// Defaults of RetryPolicy.
+const (
+	DefaultMaxRetryAfter = time.Hour
+	DefaultJitter        = 0.2
+)
+
+// RetryPolicy decides what follows an attempt.
+type RetryPolicy struct {
+	// Schedule is the delay before each attempt; attempt 1 uses Schedule[0]
+	// and its length is the number of attempts (config delivery.retry).
+	Schedule []time.Duration
+	// History is how many finished attempts are kept per subscription, and
+	// how many failures in a row suspend it (config delivery.history).
+	History int
+	// MaxRetryAfter caps how far a receiver's Retry-After may push a retry.
+	MaxRetryAfter time.Duration
+	// Jitter spreads each delay by ± this fraction, so a receiver that comes
+	// back is not hit by every queued retry in the same instant.
+	Jitter float64
+}
+
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	if len(p.Schedule) == 0 {
+		p.Schedule = mapping.DefaultRetry()
+	}
+	if p.History <= 0 {
+		p.History = mapping.DefaultHistory
+	}
+	if p.MaxRetryAfter <= 0 {
+		p.MaxRetryAfter = DefaultMaxRetryAfter
+	}
+	if p.Jitter <= 0 {
+		p.Jitter = DefaultJitter
+	}
+	return p
+}
+
+// verdict is what an attempt's outcome leads to.
+type verdict int
+
+const (
+	verdictSucceeded verdict = iota // 2xx: done
+	verdictRetry                    // failed; queue the next attempt
+	verdictFailed                   // failed and the schedule is used up
+	verdictGone                     // 410: failed, deactivate, never retry
+)
+
+// decide applies the outcome rules to attempt number attempt: it returns the
+// verdict and, for verdictRetry, the delay before the next attempt.
+// retryAfter is what the receiver asked for (0 for nothing); rnd returns a
+// number in [0, 1).
+func (p RetryPolicy) decide(attempt int, o Outcome, retryAfter time.Duration, rnd func() float64) (verdict, time.Duration) {
+	switch {
+	case o.Succeeded():
+		return verdictSucceeded, 0
+	case o.Err == nil && o.Status == http.StatusGone:
+		return verdictGone, 0
+	case attempt >= len(p.Schedule):
+		return verdictFailed, 0
+	}
+	d := p.Schedule[max(attempt, 0)]
+	d += time.Duration((rnd()*2 - 1) * p.Jitter * float64(d))
+	// Retry-After may only postpone: a receiver cannot make us retry faster
+	// than the schedule, nor park a delivery for longer than the cap.
+	if ra := min(retryAfter, p.MaxRetryAfter); ra > d {
+		d = ra
+	}
+	return verdictRetry, d
+}
+
+// ParseRetryAfter reads a Retry-After header, delay-seconds or an HTTP date,
+// as a delay from now; 0 when absent or malformed.
+func ParseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if v[0] >= '0' && v[0] <= '9' {
+		var secs int64
+		for _, c := range v {
+			if c < '0' || c > '9' {
+				return 0
+			}
+			secs = secs*10 + int64(c-'0')
+			if secs > int64(24*time.Hour/time.Second) {
+				return 24 * time.Hour // far beyond any cap; stop before overflow
+			}
+		}
+		return time.Duration(secs) * time.Second
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0
+	}
+	return max(t.Sub(now), 0)
+}
+
+// retryAfter is the delay a failed attempt's receiver asked for. Outcome does
+// not carry response headers yet, so this is 0 until it does (see the report
+// on Outcome.RetryAfter); decide already honours it.
+func retryAfter(Outcome) time.Duration { return 0 }
 
 type record struct {
 	r *Request
 	o Outcome
 }
 
-// recorder writes attempt outcomes in batches: one COPY per batch instead of
-// one INSERT per attempt is what lets the history keep up with thousands of
-// deliveries a second.
+// recorder writes attempt outcomes in batches, each batch in one transaction:
+// the attempts (one COPY instead of one INSERT per attempt is what lets the
+// history keep up with thousands of deliveries a second), the queued retries,
+// failure counts, deactivations and the pruning of the history. Done runs
+// only after that transaction commits, so a change is acknowledged only once
+// its delivery succeeded, finally failed, or sits durably in the queue.
 type recorder struct {
 	db  *pgxpool.Pool
 	log *slog.Logger
 	in  chan record
 	// unwritten counts outcomes handed to add and not yet written.
 	unwritten atomic.Int64
+	// policy is set by NewQueue before the worker runs; nil means defaults.
+	policy atomic.Pointer[RetryPolicy]
+	// queued maps a Request the Queue submitted to its walhook.deliveries
+	// row, which the batch that records its outcome updates or removes.
+	queued sync.Map // *Request → int64
 }
 
 func newRecorder(db *pgxpool.Pool, log *slog.Logger) *recorder {
 	return &recorder{db: db, log: log, in: make(chan record, maxBatch)}
+}
+
+func (rc *recorder) retryPolicy() RetryPolicy {
+	if p := rc.policy.Load(); p != nil {
+		return *p
+	}
+	return RetryPolicy{}.withDefaults()
 }
 
 func (rc *recorder) add(ctx context.Context, r *Request, o Outcome) {
@@ -82,6 +210,7 @@ func (rc *recorder) run(ctx context.Context) error {
 			backoff = min(backoff*2, 5*time.Second)
 		}
 		for i := range batch {
+			rc.queued.Delete(batch[i].r)
 			if batch[i].r.Done != nil {
 				batch[i].r.Done()
 			}
@@ -92,32 +221,238 @@ func (rc *recorder) run(ctx context.Context) error {
 }
 
 var attemptColumns = []string{"subscription_id", "event_id", "event", "attempt", "status", "response_status",
-	"response_excerpt", "error", "target_url", "request_headers", "request_body", "duration_ms"}
+	"response_excerpt", "error", "target_url", "request_method", "request_headers", "request_body", "duration_ms"}
 
+// subTally is what one batch did to one subscription's failure count.
+type subTally struct {
+	reset    bool // a success in this batch: count from zero
+	failures int  // failures after the last success in the batch
+	gone     bool
+}
+
+// write records one batch in one transaction; on error nothing of it is kept
+// and run writes it again, so every step must be correct when repeated.
 func (rc *recorder) write(ctx context.Context, batch []record) error {
-	_, err := rc.db.CopyFrom(ctx, pgx.Identifier{"walhook", "attempts"}, attemptColumns,
-		pgx.CopyFromSlice(len(batch), func(i int) ([]any, error) {
-			r, o := batch[i].r, batch[i].o
-			status := "failed"
-			if o.Succeeded() {
-				status = "succeeded"
+	p := rc.retryPolicy()
+	var (
+		newQ   queueRows // first attempts (and redeliveries' retries have ids) to queue
+		retryQ []int64   // queued rows to attempt again …
+		retryD []int64   // … after this many milliseconds
+		retryN []int32   // … having made this many attempts
+		doneQ  []int64   // queued rows that are finished
+		tally  = map[string]*subTally{}
+	)
+	for _, rec := range batch {
+		r, o := rec.r, rec.o
+		t := tally[r.SubscriptionID]
+		if t == nil {
+			t = &subTally{}
+			tally[r.SubscriptionID] = t
+		}
+		v, delay := p.decide(max(r.Attempt, 1), o, retryAfter(o), rand.Float64)
+		switch v {
+		case verdictSucceeded:
+			t.reset, t.failures = true, 0
+		case verdictGone:
+			t.gone = true
+			t.failures++
+		default:
+			t.failures++
+		}
+		qid, fromQueue := rc.queued.Load(r)
+		switch {
+		case fromQueue && v == verdictRetry:
+			retryQ = append(retryQ, qid.(int64))
+			retryD = append(retryD, delay.Milliseconds())
+			retryN = append(retryN, int32(max(r.Attempt, 1)))
+		case fromQueue:
+			doneQ = append(doneQ, qid.(int64))
+		case v == verdictRetry:
+			newQ.add(r, delay)
+		}
+	}
+
+	return pgx.BeginFunc(ctx, rc.db, func(tx pgx.Tx) error {
+		_, err := tx.CopyFrom(ctx, pgx.Identifier{"walhook", "attempts"}, attemptColumns,
+			pgx.CopyFromSlice(len(batch), func(i int) ([]any, error) {
+				return attemptRow(batch[i].r, batch[i].o), nil
+			}))
+		if err != nil {
+			return err
+		}
+		if len(newQ.sub) > 0 {
+			if _, err := tx.Exec(ctx, `INSERT INTO walhook.deliveries
+				(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at)
+				SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond'
+				FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[])
+					AS q(s, e, ev, u, m, h, b, n, d)`,
+				newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS); err != nil {
+				return err
 			}
-			var respStatus any
-			if o.Status != 0 {
-				respStatus = o.Status
+		}
+		if len(retryQ) > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE walhook.deliveries d
+				SET attempt = q.n, next_attempt_at = now() + q.ms * interval '1 millisecond', locked_by = NULL
+				FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS q(id, ms, n) WHERE d.id = q.id`,
+				retryQ, retryD, retryN); err != nil {
+				return err
 			}
-			var errText any
-			if o.Err != nil {
-				errText = o.Err.Error()
+		}
+		if len(doneQ) > 0 {
+			if _, err := tx.Exec(ctx, `DELETE FROM walhook.deliveries WHERE id = ANY($1)`, doneQ); err != nil {
+				return err
 			}
-			var excerpt any
-			if len(o.Excerpt) > 0 {
-				excerpt = validUTF8(o.Excerpt)
+		}
+		return rc.account(ctx, tx, p, tally)
+	})
+}
+
+// account applies a batch to the subscriptions it touched: failure counts,
+// deactivation, and the history ring buffer. Work is per subscription touched,
+// never per attempt or over the whole table.
+func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally map[string]*subTally) error {
+	// Sorted, so that concurrent batches of several processes lock the same
+	// rows in the same order and cannot deadlock.
+	ids := make([]string, 0, len(tally))
+	for id := range tally {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var clear, setIDs, addIDs, gone []string
+	var setN, addN []int32
+	for _, id := range ids {
+		t := tally[id]
+		switch {
+		case t.reset && t.failures == 0:
+			clear = append(clear, id)
+		case t.reset:
+			setIDs, setN = append(setIDs, id), append(setN, int32(t.failures))
+		case t.failures > 0:
+			addIDs, addN = append(addIDs, id), append(addN, int32(t.failures))
+		}
+		if t.gone {
+			gone = append(gone, id)
+		}
+	}
+	if len(clear) > 0 {
+		if _, err := tx.Exec(ctx, `DELETE FROM walhook.subscription_failures WHERE subscription_id = ANY($1::uuid[])`, clear); err != nil {
+			return err
+		}
+	}
+	if len(setIDs) > 0 {
+		if _, err := tx.Exec(ctx, `INSERT INTO walhook.subscription_failures AS f (subscription_id, consecutive_failures)
+			SELECT * FROM unnest($1::uuid[], $2::int[])
+			ON CONFLICT (subscription_id) DO UPDATE SET consecutive_failures = excluded.consecutive_failures`,
+			setIDs, setN); err != nil {
+			return err
+		}
+	}
+	var suspended []string
+	if len(addIDs) > 0 {
+		rows, err := tx.Query(ctx, `INSERT INTO walhook.subscription_failures AS f (subscription_id, consecutive_failures)
+			SELECT * FROM unnest($1::uuid[], $2::int[])
+			ON CONFLICT (subscription_id) DO UPDATE SET consecutive_failures = f.consecutive_failures + excluded.consecutive_failures
+			RETURNING subscription_id::text, consecutive_failures`, addIDs, addN)
+		if err != nil {
+			return err
+		}
+		var id string
+		var n int
+		if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error {
+			if n >= p.History {
+				suspended = append(suspended, id)
 			}
-			return []any{r.SubscriptionID, r.EventID, r.Event, max(r.Attempt, 1), status, respStatus,
-				excerpt, errText, r.URL, storedHeaders(r.Header), r.Body, int32(o.Duration / time.Millisecond)}, nil
-		}))
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	// Deactivating updates walhook.subscriptions, which is in the
+	// publication: the stream brings the change back to every process's
+	// index, in commit order, so no further change is matched to it.
+	if len(gone) > 0 {
+		if _, err := tx.Exec(ctx, `UPDATE walhook.subscriptions SET active = false, status_message = $2, updated_at = now()
+			WHERE id = ANY($1::uuid[]) AND active`, gone, GoneMessage); err != nil {
+			return err
+		}
+		// The receiver said the endpoint is gone for good: queued retries to
+		// it would only fail again.
+		if _, err := tx.Exec(ctx, `DELETE FROM walhook.deliveries WHERE subscription_id = ANY($1::uuid[])`, gone); err != nil {
+			return err
+		}
+	}
+	if len(suspended) > 0 {
+		// Queued retries stay: activate() resumes them.
+		if _, err := tx.Exec(ctx, `UPDATE walhook.subscriptions SET active = false, status_message = $2, updated_at = now()
+			WHERE id = ANY($1::uuid[]) AND active`, suspended, SuspendedMessage); err != nil {
+			return err
+		}
+		for _, id := range suspended {
+			rc.log.Warn("subscription suspended after consecutive failed attempts", "subscription_id", id, "attempts", p.History)
+		}
+	}
+	// The ring buffer: per touched subscription, find the History-th newest
+	// attempt through the (subscription_id, id) index and drop what is older.
+	_, err := tx.Exec(ctx, `DELETE FROM walhook.attempts a
+		USING (SELECT s.id AS sid,
+			(SELECT x.id FROM walhook.attempts x WHERE x.subscription_id = s.id
+			 ORDER BY x.id DESC OFFSET $2 - 1 LIMIT 1) AS oldest_kept
+			FROM unnest($1::uuid[]) AS s(id)) k
+		WHERE a.subscription_id = k.sid AND a.id < k.oldest_kept`, ids, p.History)
 	return err
+}
+
+// queueRows are first attempts to queue for a retry, as column arrays.
+type queueRows struct {
+	sub, eventID, event, url, method []string
+	headers                          [][]byte
+	body                             [][]byte
+	attempt                          []int32
+	delayMS                          []int64
+}
+
+func (q *queueRows) add(r *Request, delay time.Duration) {
+	q.sub = append(q.sub, r.SubscriptionID)
+	q.eventID = append(q.eventID, r.EventID)
+	q.event = append(q.event, r.Event)
+	q.url = append(q.url, r.URL)
+	q.method = append(q.method, methodOf(r))
+	q.headers = append(q.headers, storedHeaders(r.Header))
+	body := r.Body
+	if body == nil {
+		body = []byte{} // the column is NOT NULL; an empty body is still a body
+	}
+	q.body = append(q.body, body)
+	q.attempt = append(q.attempt, int32(max(r.Attempt, 1)))
+	q.delayMS = append(q.delayMS, delay.Milliseconds())
+}
+
+func methodOf(r *Request) string {
+	if r.Method == "" {
+		return http.MethodPost
+	}
+	return r.Method
+}
+
+func attemptRow(r *Request, o Outcome) []any {
+	status := "failed"
+	if o.Succeeded() {
+		status = "succeeded"
+	}
+	var respStatus any
+	if o.Status != 0 {
+		respStatus = o.Status
+	}
+	var errText any
+	if o.Err != nil {
+		errText = o.Err.Error()
+	}
+	var excerpt any
+	if len(o.Excerpt) > 0 {
+		excerpt = validUTF8(o.Excerpt)
+	}
+	return []any{r.SubscriptionID, r.EventID, r.Event, max(r.Attempt, 1), status, respStatus,
+		excerpt, errText, r.URL, methodOf(r), storedHeaders(r.Header), r.Body, int32(o.Duration / time.Millisecond)}
 }
 
 // storedHeaders keeps the dialect's headers for redelivery, minus anything

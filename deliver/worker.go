@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +38,13 @@ type Config struct {
 	Timeout      time.Duration
 	AllowHTTP    bool
 	AllowPrivate bool
+	// AllowCIDRs are destination ranges allowed even when AllowPrivate is
+	// false; see ClientConfig.AllowCIDRs.
+	AllowCIDRs []netip.Prefix
+	// MaxQueued bounds deliveries submitted and not yet recorded, across all
+	// destinations; Submit blocks beyond it. Zero means MaxInFlight *
+	// DefaultQueueFactor.
+	MaxQueued int
 	// Client overrides the HTTP client (tests of the client itself); nil
 	// builds one with NewClient.
 	Client *http.Client
@@ -70,20 +80,60 @@ type Outcome struct {
 func (o Outcome) Succeeded() bool { return o.Err == nil && o.Status >= 200 && o.Status < 300 }
 
 // Worker runs deliveries with bounded concurrency and records their attempts.
+//
+// Each destination (host:port) has its own FIFO queue and at most
+// MaxPerHost deliveries in flight. A delivery takes a global slot (of
+// MaxInFlight) only once its destination has room for it, so a slow
+// receiver holds at most MaxPerHost global slots and its backlog waits in
+// its own queue, holding none. Memory is bounded by MaxQueued: Submit
+// blocks while that many deliveries are queued, in flight or unrecorded.
+//
+// Lock order: mu is the only mutex; no channel operation that can block is
+// done while holding it.
 type Worker struct {
 	cfg    Config
 	log    *slog.Logger
 	client *http.Client
 	rec    *recorder
+	// record hands an outcome on to be written; the recorder calls Done.
+	// Tests replace it to run without a database.
+	record func(ctx context.Context, r *Request, o Outcome)
 
-	slots chan struct{} // global bound
+	admit chan struct{} // bounds submitted and not yet recorded (MaxQueued)
+	slots chan struct{} // bounds requests in flight (MaxInFlight)
+
 	mu    sync.Mutex
-	hosts map[string]chan struct{} // per destination bound
-	wg    conc.WaitGroup
+	hosts map[string]*hostQueue // guarded by mu; an idle host is removed
+
+	wg conc.WaitGroup
 }
+
+// hostQueue is one destination's backlog. active counts runners, each of
+// which owns one of the destination's MaxPerHost places.
+type hostQueue struct {
+	jobs   []job
+	active int
+}
+
+// job is a submitted delivery with the context it was submitted under.
+type job struct {
+	ctx context.Context
+	r   *Request
+}
+
+// DefaultQueueFactor is MaxQueued as a multiple of MaxInFlight.
+const DefaultQueueFactor = 4
 
 // New returns a Worker recording attempts in db.
 func New(cfg Config, db *pgxpool.Pool, logger *slog.Logger) *Worker {
+	w := newWorker(cfg, logger)
+	w.rec = newRecorder(db, w.log)
+	w.record = w.rec.add
+	return w
+}
+
+// newWorker applies defaults and builds everything but the recorder.
+func newWorker(cfg Config, logger *slog.Logger) *Worker {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight
 	}
@@ -93,18 +143,21 @@ func New(cfg Config, db *pgxpool.Pool, logger *slog.Logger) *Worker {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = cfg.MaxInFlight * DefaultQueueFactor
+	}
 	client := cfg.Client
 	if client == nil {
-		client = NewClient(ClientConfig{Timeout: cfg.Timeout, AllowPrivate: cfg.AllowPrivate, MaxPerHost: cfg.MaxPerHost})
+		client = NewClient(ClientConfig{Timeout: cfg.Timeout, AllowPrivate: cfg.AllowPrivate,
+			AllowCIDRs: cfg.AllowCIDRs, MaxPerHost: cfg.MaxPerHost})
 	}
-	log := logger.With("component", "deliver")
 	return &Worker{
 		cfg:    cfg,
-		log:    log,
+		log:    logger.With("component", "deliver"),
 		client: client,
-		rec:    newRecorder(db, log),
+		admit:  make(chan struct{}, cfg.MaxQueued),
 		slots:  make(chan struct{}, cfg.MaxInFlight),
-		hosts:  map[string]chan struct{}{},
+		hosts:  map[string]*hostQueue{},
 	}
 }
 
@@ -114,20 +167,72 @@ func (w *Worker) Run(ctx context.Context) error {
 	return w.rec.run(ctx)
 }
 
-// Submit starts a delivery, blocking while max_in_flight are running: that
-// block is the backpressure that pauses reading the stream.
+// Submit queues a delivery, blocking while MaxQueued are queued or running:
+// that block is the backpressure that pauses reading the stream.
 func (w *Worker) Submit(ctx context.Context, r *Request) error {
 	select {
-	case w.slots <- struct{}{}:
+	case w.admit <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	w.wg.Go(func() {
-		defer func() { <-w.slots }()
-		o := w.attempt(ctx, r)
-		w.rec.add(ctx, r, o)
-	})
+	_, dest, err := w.target(r.URL)
+	if err != nil {
+		// Refused before any network: no destination queue to wait in.
+		w.wg.Go(func() { w.finish(ctx, r, Outcome{Err: err}) })
+		return nil
+	}
+	w.mu.Lock()
+	h := w.hosts[dest]
+	if h == nil {
+		h = &hostQueue{}
+		w.hosts[dest] = h
+	}
+	h.jobs = append(h.jobs, job{ctx: ctx, r: r})
+	start := h.active < w.cfg.MaxPerHost
+	if start {
+		h.active++
+	}
+	w.mu.Unlock()
+	if start {
+		w.wg.Go(func() { w.runHost(dest, h) })
+	}
 	return nil
+}
+
+// runHost delivers dest's queue in order until it is empty, holding one of
+// the destination's places throughout and a global slot only per request.
+func (w *Worker) runHost(dest string, h *hostQueue) {
+	for {
+		w.mu.Lock()
+		if len(h.jobs) == 0 {
+			h.active--
+			if h.active == 0 {
+				delete(w.hosts, dest)
+			}
+			w.mu.Unlock()
+			return
+		}
+		j := h.jobs[0]
+		h.jobs[0] = job{}
+		h.jobs = h.jobs[1:]
+		w.mu.Unlock()
+
+		var o Outcome
+		select {
+		case w.slots <- struct{}{}:
+			o = w.attempt(j.ctx, j.r)
+			<-w.slots
+		case <-j.ctx.Done():
+			o = Outcome{Err: j.ctx.Err()}
+		}
+		w.finish(j.ctx, j.r, o)
+	}
+}
+
+// finish hands the outcome on and gives back the delivery's admission.
+func (w *Worker) finish(ctx context.Context, r *Request, o Outcome) {
+	defer func() { <-w.admit }()
+	w.record(ctx, r, o)
 }
 
 // Flush waits until every outcome handed to the recorder is written, or ctx
@@ -144,46 +249,47 @@ func (w *Worker) Flush(ctx context.Context) {
 	}
 }
 
-// Wait waits for the deliveries started so far to finish their HTTP attempt.
+// Wait waits for the deliveries submitted so far to finish their HTTP
+// attempt and be handed to the recorder.
 func (w *Worker) Wait() { w.wg.Wait() }
 
-func (w *Worker) hostSlots(host string) chan struct{} {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := w.hosts[host]
-	if s == nil {
-		s = make(chan struct{}, w.cfg.MaxPerHost)
-		w.hosts[host] = s
-	}
-	return s
-}
-
-func (w *Worker) attempt(ctx context.Context, r *Request) Outcome {
-	start := time.Now()
-	u, err := url.Parse(r.URL)
+// target checks a target URL and returns it with its destination key,
+// host:port with the scheme's default port made explicit, so that
+// https://a.example and https://a.example:443 share one queue.
+func (w *Worker) target(raw string) (*url.URL, string, error) {
+	u, err := url.Parse(raw)
 	if err != nil {
-		return Outcome{Err: fmt.Errorf("parse target URL: %w", err)}
+		return nil, "", fmt.Errorf("parse target URL: %w", err)
 	}
 	if u.User != nil {
-		return Outcome{Err: errors.New("target URL carries credentials; refused")}
+		return nil, "", errors.New("target URL carries credentials; refused")
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !w.cfg.AllowHTTP {
-			return Outcome{Err: errors.New("http:// target refused (allow with --allow-http)")}
+			return nil, "", errors.New("http:// target refused (allow with --allow-http)")
 		}
 	default:
-		return Outcome{Err: fmt.Errorf("target scheme %q refused", u.Scheme)}
+		return nil, "", fmt.Errorf("target scheme %q refused", u.Scheme)
 	}
-	hs := w.hostSlots(u.Host)
-	select {
-	case hs <- struct{}{}:
-	case <-ctx.Done():
-		return Outcome{Err: ctx.Err()}
+	if u.Hostname() == "" {
+		return nil, "", errors.New("target URL has no host")
 	}
-	defer func() { <-hs }()
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return u, net.JoinHostPort(strings.ToLower(u.Hostname()), port), nil
+}
 
+// attempt makes one HTTP request for r; the caller holds a global slot and
+// one of the destination's places.
+func (w *Worker) attempt(ctx context.Context, r *Request) Outcome {
+	start := time.Now()
+	if _, _, err := w.target(r.URL); err != nil {
+		return Outcome{Err: err}
+	}
 	actx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(actx, r.Method, r.URL, bytes.NewReader(r.Body))

@@ -72,7 +72,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := os.WriteFile(cfgPath, demoConfig, 0o600); err != nil {
 		return err
 	}
-	cfg, mapper, err := loadConfig(cfgPath)
+	cfg, mapper, rules, err := loadConfigRules(cfgPath)
 	if err != nil {
 		return err
 	}
@@ -107,6 +107,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		{"order.created", "/hooks/orders", "default", "generate"},
 		{"order.updated", "/hooks/orders", "default", ""},
 		{"order.deleted", "/hooks/orders", "default", ""},
+		{"order.paid", "/hooks/orders", "default", ""},
 		{"customer.created", "/hooks/zapier", "zapier", ""},
 	}
 	for _, s := range subsToMake {
@@ -129,7 +130,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var svc conc.WaitGroup
 	svc.Go(func() {
 		svcErr = serve(soft, ctx, serviceConfig{
-			DatabaseURL: dsn, Config: cfg, Mapper: mapper, Slot: c.Slot, Publication: c.Publication,
+			DatabaseURL: dsn, Config: cfg, Mapper: mapper, Rules: rules, Slot: c.Slot, Publication: c.Publication,
 			AllowHTTP: true, AllowPrivate: true, StandbyInterval: time.Second, ShutdownTimeout: 5 * time.Second, Logger: log,
 		})
 	})
@@ -150,7 +151,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("demo write %q: %w", w, err)
 		}
 	}
-	const want = 4
+	const want = 5
 	fmt.Fprintf(stdout, "waiting for %d webhooks ...\n\n", want)
 	select {
 	case <-recv.reached(want):
@@ -159,7 +160,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	fmt.Fprintf(stdout, "all %d webhooks arrived; the rolled-back order and the unmapped table produced none.\n", want)
+	fmt.Fprintf(stdout, "all %d webhooks arrived (order.paid derived from the update); the rolled-back order and the unmapped table produced none.\n", want)
 	if *keep {
 		fmt.Fprintf(stdout, "\nwalhook keeps running. Connect with:\n  psql '%s'\nand try:\n  SELECT walhook.subscribe('order.created', '%s/hooks/mine', 'me');\n  INSERT INTO public.orders (tenant_id, total) VALUES (7, 9.99);\nPress Ctrl-C to stop.\n", dsn, base)
 		<-ctx.Done()

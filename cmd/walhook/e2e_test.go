@@ -83,10 +83,10 @@ func TestInsertUpdateDeleteBecomeEvents(t *testing.T) {
 	if got[1].envelope(t)["data"].(map[string]any)["status"] != "paid" {
 		t.Fatalf("order.updated = %s", got[1].Body)
 	}
-	// Default replica identity: a delete carries the key and nothing it
-	// does not know, never a NULL for the unknown columns.
-	if del := got[2].envelope(t)["data"].(map[string]any); len(del) != 1 {
-		t.Fatalf("order.deleted data = %v, want only the key", del)
+	// install set REPLICA IDENTITY FULL (orders has a site column), so a
+	// delete carries the whole old row and is reported at its site.
+	if del := got[2].envelope(t); del["data"].(map[string]any)["status"] != "paid" || del["site"] != "/acme/east" {
+		t.Fatalf("order.deleted = %s, want the old row at /acme/east", got[2].Body)
 	}
 
 	// The signed one verifies with the Standard Webhooks construction.

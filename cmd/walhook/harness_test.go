@@ -118,7 +118,7 @@ type runningService struct {
 // start runs walhook against the env's database until stop or test end.
 func (e *env) start() {
 	e.t.Helper()
-	cfg, mapper, err := loadConfig(e.cfgPath)
+	cfg, mapper, rules, err := loadConfigRules(e.cfgPath)
 	if err != nil {
 		e.t.Fatalf("load config: %v", err)
 	}
@@ -128,7 +128,7 @@ func (e *env) start() {
 	logger := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	s.wg.Go(func() {
 		s.err = serve(soft, hard, serviceConfig{
-			DatabaseURL: e.dsn, Config: cfg, Mapper: mapper, Slot: e.slot, Publication: cdc.DefaultPublication,
+			DatabaseURL: e.dsn, Config: cfg, Mapper: mapper, Rules: rules, Slot: e.slot, Publication: cdc.DefaultPublication,
 			AllowHTTP: true, AllowPrivate: true, StandbyInterval: 100 * time.Millisecond,
 			ShutdownTimeout: 10 * time.Second, Logger: logger,
 		})

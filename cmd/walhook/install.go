@@ -7,9 +7,11 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walhook/walhook/acl"
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/subs"
 	"github.com/walhook/walhook/mapping"
@@ -65,12 +67,20 @@ func install(ctx context.Context, conn *pgx.Conn, c common, cfg *mapping.Config,
 	}
 	changes := rep.Changes
 	tables := append(mapper.Tables(), cdc.SubscriptionsTable)
-	slices.Sort(tables)
+	if cfg.Owners != nil {
+		tables = append(tables, cfg.Owners.Watch...)
+	}
+	tables = slices.Compact(slices.Sorted(slices.Values(tables)))
 	pc, err := cdc.EnsurePublication(ctx, conn, c.Publication, tables)
 	if err != nil {
 		return nil, err
 	}
 	changes = append(changes, pc...)
+	ic, err := ensureIdentity(ctx, conn, cfg)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, ic...)
 	created, lsn, err := cdc.EnsureSlot(ctx, conn, c.Slot)
 	if err != nil {
 		return nil, err
@@ -88,17 +98,67 @@ func install(ctx context.Context, conn *pgx.Conn, c common, cfg *mapping.Config,
 	return changes, nil
 }
 
-// loadConfig loads and compiles the config.
+// ensureIdentity sets REPLICA IDENTITY FULL on the tables whose deletes and
+// updates cannot be judged or placed from the key alone: those whose acl rule
+// reads the old row, and those with a site column (a delete must be
+// delivered at the site the row was at).
+func ensureIdentity(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([]string, error) {
+	rules, err := acl.Compile(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var changes []string
+	for _, t := range cfg.Tables {
+		why := ""
+		switch {
+		case rules.NeedsFullIdentity(t.Table):
+			why = "its acl rule reads the row of updates and deletes"
+		case t.Site != "":
+			why = "deletes must carry the site column " + t.Site
+		default:
+			continue
+		}
+		var ident string
+		err := conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = $1::text::regclass`, quoteTable(t.Table)).Scan(&ident)
+		if err != nil {
+			return nil, fmt.Errorf("read replica identity of %s: %w", t.Table, err)
+		}
+		if ident == "f" {
+			continue
+		}
+		if _, err := conn.Exec(ctx, "ALTER TABLE "+quoteTable(t.Table)+" REPLICA IDENTITY FULL"); err != nil {
+			return nil, fmt.Errorf("set replica identity of %s: %w", t.Table, err)
+		}
+		changes = append(changes, fmt.Sprintf("set REPLICA IDENTITY FULL on %s: %s", t.Table, why))
+	}
+	return changes, nil
+}
+
+func quoteTable(name string) string {
+	s, t, _ := strings.Cut(name, ".")
+	return pgx.Identifier{s, t}.Sanitize()
+}
+
+// loadConfig loads the config and compiles its mapping and rules.
 func loadConfig(path string) (*mapping.Config, *mapping.Mapper, error) {
+	cfg, m, _, err := loadConfigRules(path)
+	return cfg, m, err
+}
+
+func loadConfigRules(path string) (*mapping.Config, *mapping.Mapper, *acl.Rules, error) {
 	cfg, err := mapping.Load(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	m, err := mapping.New(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return cfg, m, nil
+	rules, err := acl.Compile(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return cfg, m, rules, nil
 }
 
 // checkCatalog checks the config's tables and columns against the database.

@@ -24,7 +24,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	log := newLogger(stderr, c.LogFormat)
-	cfg, mapper, err := loadConfig(c.Config)
+	cfg, mapper, rules, err := loadConfigRules(c.Config)
 	if err != nil {
 		return err
 	}
@@ -73,6 +73,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		DatabaseURL:     c.DatabaseURL,
 		Config:          cfg,
 		Mapper:          mapper,
+		Rules:           rules,
 		Slot:            c.Slot,
 		Publication:     c.Publication,
 		AllowHTTP:       c.AllowHTTP,

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sourcegraph/conc"
 
+	"github.com/walhook/walhook/acl"
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/deliver"
 	"github.com/walhook/walhook/internal/change"
@@ -25,6 +26,7 @@ type serviceConfig struct {
 	DatabaseURL     string
 	Config          *mapping.Config
 	Mapper          *mapping.Mapper
+	Rules           *acl.Rules
 	Slot            string
 	Publication     string
 	AllowHTTP       bool
@@ -135,6 +137,12 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		AllowHTTP:    sc.AllowHTTP,
 		AllowPrivate: sc.AllowPrivate,
 	}, db, log)
+	// Retries wait in walhook.deliveries; the queue sends them when due.
+	queue := deliver.NewQueue(deliver.QueueConfig{
+		Retry:     deliver.RetryPolicy{Schedule: d.Retry, History: d.History},
+		Timeout:   d.Timeout,
+		UserAgent: "walhook/" + version,
+	}, db, worker, log)
 
 	// The pipeline's own context: cancelled when a stage fails, so the
 	// others stop too.
@@ -146,7 +154,16 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 	recCtx, stopRec := context.WithCancel(pctx)
 	defer stopRec()
 
+	watched := map[string]bool{}
+	if sc.Config.Owners != nil {
+		for _, t := range sc.Config.Owners.Watch {
+			watched[t] = true
+		}
+	}
 	con := &consumer{
+		rules:    sc.Rules,
+		owners:   acl.NewOwners(ownerSource{db: db, cfg: sc.Config.Owners}, 0),
+		watched:  watched,
 		mapper:   sc.Mapper,
 		idx:      idx,
 		worker:   worker,
@@ -174,6 +191,13 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		consumeErr = con.run(readCtx, pctx, msgs)
 		if readCtx.Err() == nil {
 			cancel(consumeErr)
+		}
+	})
+	stages.Go(func() {
+		// Like the consumer: stops claiming with readCtx, while the attempts
+		// it started run under pctx and are drained below.
+		if err := queue.Run(readCtx, pctx); err != nil && readCtx.Err() == nil {
+			cancel(err)
 		}
 	})
 	stages.Wait()
@@ -240,6 +264,9 @@ func withConn(ctx context.Context, db *pgxpool.Pool, fn func(*pgx.Conn) error) e
 
 // consumer turns stream messages into deliveries, in commit order.
 type consumer struct {
+	rules    *acl.Rules
+	owners   *acl.Owners
+	watched  map[string]bool // tables whose changes refresh owner attributes
 	mapper   *mapping.Mapper
 	idx      *subs.Index
 	worker   *deliver.Worker
@@ -248,9 +275,12 @@ type consumer struct {
 	log      *slog.Logger
 
 	// Scratch space reused for every change.
-	events  []mapping.Event
-	matched []*subs.Subscription
-	sites   []string
+	events     []mapping.Event
+	ownerIDs   []string
+	allowed    map[string]bool
+	allowedOld map[string]bool
+	matched    []*subs.Subscription
+	sites      []string
 	// The open transaction's state: only one is open at a time.
 	txSites []string
 	entries []subs.Entry
@@ -279,6 +309,14 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		if rel := m.Change.Relation; rel.Schema == "walhook" && rel.Name == "subscriptions" {
 			c.applySubscription(m.Change)
 			return nil
+		}
+		if c.watched[m.Change.Relation.QualifiedName()] {
+			// Owner attributes changed at this point of the stream: every
+			// change after it is judged with freshly loaded ones.
+			c.owners.Invalidate()
+			if c.mapper.Table(m.Change.Relation.QualifiedName()) == nil {
+				return nil
+			}
 		}
 		return c.dispatch(ctx, m.Txn, m.Change)
 	case cdc.KindCommit:
@@ -321,9 +359,33 @@ func (c *consumer) applySubscription(ch *change.Change) {
 
 func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change) error {
 	c.events = c.mapper.Map(c.events[:0], ch)
+	t := c.mapper.Table(ch.Relation.QualifiedName())
+	if t == nil {
+		return nil
+	}
+	site := t.Site(ch)
+	var in *acl.Input // built on first need: most changes match no subscription
+	input := func() *acl.Input {
+		if in == nil {
+			in = acl.InputFor(ch, site)
+		}
+		return in
+	}
+	for _, d := range t.Derived {
+		if opName(ch.Op) != d.On {
+			continue
+		}
+		ok, err := c.rules.When(d.Name, input())
+		if err != nil {
+			c.log.Debug("derived event condition failed; not produced", "event", d.Name, "err", err)
+		}
+		if ok {
+			c.events = append(c.events, mapping.Event{
+				ID: mapping.EventID(uint64(ch.Tx.CommitLSN), ch.Seq, d.Name), Name: d.Name, Table: t, Change: ch})
+		}
+	}
 	for i := range c.events {
 		ev := &c.events[i]
-		site := ev.Table.Site(ch)
 		c.sites = subs.AppendAncestors(c.sites[:0], site)
 		for _, s := range c.txSites {
 			c.sites = subs.AppendAncestors(c.sites, s)
@@ -332,20 +394,32 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 		if len(c.matched) == 0 {
 			continue
 		}
-		// One body per dialect for this event, shared by its subscriptions.
+		if err := c.judge(ctx, t.Name, ch, input()); err != nil {
+			return err
+		}
+		// One body per dialect and visibility of the old row for this event,
+		// shared by its subscriptions.
 		var bodies map[string][]byte
 		for _, s := range c.matched {
+			if !c.allowed[s.Owner] {
+				continue
+			}
 			d := c.dialects[s.Dialect]
 			if d == nil {
 				d = c.dialects[mapping.DialectDefault]
 			}
-			body, ok := bodies[d.Name]
+			withPrev := c.allowedOld == nil || c.allowedOld[s.Owner]
+			bk := d.Name
+			if !withPrev {
+				bk += "\x00noprev"
+			}
+			body, ok := bodies[bk]
 			if !ok {
-				body = d.AppendBody(nil, ev, site, true)
+				body = d.AppendBody(nil, ev, site, withPrev)
 				if bodies == nil {
 					bodies = map[string][]byte{}
 				}
-				bodies[d.Name] = body
+				bodies[bk] = body
 			}
 			var key []byte
 			if s.Secret != "" {
@@ -376,3 +450,34 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 	}
 	return nil
 }
+
+// judge decides, once per owner of the matched subscriptions, whether the
+// owner may see the row (allowed) and, for updates with an old row, the old
+// row too (allowedOld; nil when there is no old row to show). Owners are
+// loaded in one batch; an owner that cannot be found sees nothing.
+func (c *consumer) judge(ctx context.Context, table string, ch *change.Change, in *acl.Input) error {
+	c.ownerIDs = c.ownerIDs[:0]
+	for _, s := range c.matched {
+		c.ownerIDs = append(c.ownerIDs, s.Owner)
+	}
+	owners, err := c.owners.Get(ctx, c.ownerIDs)
+	if err != nil {
+		return fmt.Errorf("load owners: %w", err)
+	}
+	if c.allowed == nil {
+		c.allowed = map[string]bool{}
+	}
+	if failed, err := c.rules.AllowMany(table, in, owners, c.allowed); failed > 0 {
+		c.log.Debug("acl rule failed; denied", "table", table, "owners", failed, "err", err)
+	}
+	c.allowedOld = nil
+	if ch.Op == change.Update && in.Old != nil {
+		old := *in
+		old.New, old.Op = in.Old, change.Update
+		c.allowedOld = map[string]bool{}
+		_, _ = c.rules.AllowMany(table, &old, owners, c.allowedOld)
+	}
+	return nil
+}
+
+func opName(op change.Op) string { return op.String() }

@@ -1,0 +1,238 @@
+package deliver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Defaults applied by NewQueue.
+const (
+	DefaultPollInterval = 250 * time.Millisecond
+	DefaultClaimBatch   = 100
+)
+
+// QueueConfig configures a Queue.
+type QueueConfig struct {
+	Retry   RetryPolicy
+	Timeout time.Duration // the worker's attempt timeout; sizes the lease
+	// UserAgent is sent with queued deliveries (the dialect's is not stored).
+	UserAgent    string
+	PollInterval time.Duration
+	ClaimBatch   int
+	// Lease is how long a claimed row is hidden from other claimers: when a
+	// process dies mid-attempt its rows come due again after this.
+	Lease time.Duration
+	// Name identifies this process in walhook.deliveries.locked_by.
+	Name string
+}
+
+// Queue sends the deliveries waiting in walhook.deliveries when they come
+// due: retries of failed attempts and redeliver() requests. Any number of
+// processes may run a Queue on the same database; a row is claimed by one of
+// them with FOR UPDATE SKIP LOCKED and leased, not held in an open
+// transaction, so an attempt never pins a connection or a snapshot.
+type Queue struct {
+	cfg    QueueConfig
+	db     *pgxpool.Pool
+	worker *Worker
+	log    *slog.Logger
+}
+
+// NewQueue returns a Queue that sends through w, and makes w's recorder queue
+// retries by cfg.Retry. Call it before w runs.
+func NewQueue(cfg QueueConfig, db *pgxpool.Pool, w *Worker, logger *slog.Logger) *Queue {
+	cfg.Retry = cfg.Retry.withDefaults()
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.ClaimBatch <= 0 {
+		cfg.ClaimBatch = DefaultClaimBatch
+	}
+	if cfg.Lease <= 0 {
+		// Long enough for the attempt and the batch that records it, with
+		// room for a slow database.
+		cfg.Lease = 2*cfg.Timeout + time.Minute
+	}
+	if cfg.Name == "" {
+		host, _ := os.Hostname()
+		cfg.Name = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "walhook"
+	}
+	p := cfg.Retry
+	w.rec.policy.Store(&p)
+	return &Queue{cfg: cfg, db: db, worker: w, log: logger.With("component", "queue")}
+}
+
+// queued is one claimed row of walhook.deliveries.
+type queued struct {
+	id                            int64
+	sub, eventID, event, url, mth string
+	headers                       []byte
+	body                          []byte
+	attempt                       int
+	secret                        *string
+}
+
+// Run polls for due deliveries until stop ends; attempts are made under work,
+// which outlives stop so that a drain lets them finish and be recorded.
+func (q *Queue) Run(stop, work context.Context) error {
+	t := time.NewTicker(q.cfg.PollInterval)
+	defer t.Stop()
+	backoff := q.cfg.PollInterval
+	for {
+		n, err := q.poll(stop, work)
+		switch {
+		case stop.Err() != nil:
+			return nil
+		case err != nil:
+			q.log.Warn("claim due deliveries; retrying", "err", err, "backoff", backoff)
+			backoff = min(backoff*2, 10*time.Second)
+			select {
+			case <-time.After(backoff):
+			case <-stop.Done():
+				return nil
+			}
+			continue
+		}
+		backoff = q.cfg.PollInterval
+		if n == q.cfg.ClaimBatch {
+			continue // more may be due now
+		}
+		select {
+		case <-t.C:
+		case <-stop.Done():
+			return nil
+		}
+	}
+}
+
+// poll claims one batch of due rows and submits them, returning how many it
+// claimed.
+func (q *Queue) poll(stop, work context.Context) (int, error) {
+	batch, err := q.claim(stop)
+	if err != nil || len(batch) == 0 {
+		return 0, err
+	}
+	for i, d := range batch {
+		if stop.Err() != nil {
+			// Stopping: what was claimed but not started goes back at once
+			// instead of waiting out its lease.
+			q.release(context.WithoutCancel(work), batch[i:])
+			return len(batch), nil
+		}
+		r := q.request(d)
+		q.worker.rec.queued.Store(r, d.id)
+		// The attempt runs under work, not stop: a drain lets it finish and
+		// be recorded instead of recording a cancelled attempt as a failure.
+		if err := q.worker.Submit(work, r); err != nil {
+			q.worker.rec.queued.Delete(r)
+			q.release(context.WithoutCancel(work), batch[i:])
+			return len(batch), nil
+		}
+	}
+	return len(batch), nil
+}
+
+// claim leases up to ClaimBatch due rows whose subscription is active. Rows of
+// a deleted subscription are dropped in the same statement; rows of an inactive
+// one wait, so activate() resumes them.
+func (q *Queue) claim(ctx context.Context) ([]queued, error) {
+	var out []queued
+	err := pgx.BeginFunc(ctx, q.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM walhook.deliveries d
+			WHERE d.next_attempt_at <= now()
+			  AND NOT EXISTS (SELECT 1 FROM walhook.subscriptions s WHERE s.id = d.subscription_id)`); err != nil {
+			return fmt.Errorf("drop deliveries of removed subscriptions: %w", err)
+		}
+		rows, err := tx.Query(ctx, `WITH due AS (
+				SELECT d.id FROM walhook.deliveries d
+				JOIN walhook.subscriptions s ON s.id = d.subscription_id AND s.active
+				WHERE d.next_attempt_at <= now()
+				ORDER BY d.next_attempt_at
+				LIMIT $1
+				FOR UPDATE OF d SKIP LOCKED)
+			UPDATE walhook.deliveries d
+			SET next_attempt_at = now() + $2 * interval '1 millisecond', locked_by = $3
+			FROM due, walhook.subscriptions s
+			WHERE d.id = due.id AND s.id = d.subscription_id
+			RETURNING d.id, d.subscription_id::text, d.event_id, d.event, d.target_url, d.method,
+				d.headers, d.body, d.attempt, s.secret`,
+			q.cfg.ClaimBatch, q.cfg.Lease.Milliseconds(), q.cfg.Name)
+		if err != nil {
+			return err
+		}
+		var d queued
+		_, err = pgx.ForEachRow(rows, []any{&d.id, &d.sub, &d.eventID, &d.event, &d.url, &d.mth,
+			&d.headers, &d.body, &d.attempt, &d.secret}, func() error {
+			out = append(out, d)
+			d = queued{}
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim due deliveries: %w", err)
+	}
+	return out, nil
+}
+
+// release hands claimed rows back without an attempt.
+func (q *Queue) release(ctx context.Context, rows []queued) {
+	ids := make([]int64, len(rows))
+	for i, d := range rows {
+		ids[i] = d.id
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := q.db.Exec(ctx, `UPDATE walhook.deliveries SET next_attempt_at = now(), locked_by = NULL
+		WHERE id = ANY($1) AND locked_by = $2`, ids, q.cfg.Name); err != nil {
+		// Not fatal: the lease runs out and the rows come due again.
+		q.log.Warn("release claimed deliveries", "deliveries", len(ids), "err", err)
+	}
+}
+
+func (q *Queue) request(d queued) *Request {
+	var key []byte
+	if d.secret != nil && *d.secret != "" {
+		k, err := SecretKey(*d.secret)
+		if err != nil {
+			q.log.Warn("subscription secret unusable; sending unsigned", "subscription_id", d.sub)
+		}
+		key = k
+	}
+	var h http.Header
+	if len(d.headers) > 0 {
+		var m map[string]string
+		if err := json.Unmarshal(d.headers, &m); err == nil {
+			h = make(http.Header, len(m))
+			for k, v := range m {
+				h.Set(k, v)
+			}
+		}
+	}
+	return &Request{
+		SubscriptionID: d.sub,
+		EventID:        d.eventID,
+		Event:          d.event,
+		URL:            d.url,
+		Method:         d.mth,
+		UserAgent:      q.cfg.UserAgent,
+		Header:         h,
+		Body:           d.body,
+		Key:            key,
+		Attempt:        d.attempt + 1,
+	}
+}

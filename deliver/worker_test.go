@@ -1,0 +1,274 @@
+package deliver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// gatedServer holds every request until release is called, so "slow" means
+// slower than anything else in the test without the test depending on how
+// slow the machine is.
+type gatedServer struct {
+	*httptest.Server
+	release  func()
+	started  atomic.Int64
+	inFlight atomic.Int64
+	maxSeen  atomic.Int64
+}
+
+func newGatedServer(tb testing.TB) *gatedServer {
+	tb.Helper()
+	gate := make(chan struct{})
+	var once sync.Once
+	g := &gatedServer{release: func() { once.Do(func() { close(gate) }) }}
+	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.started.Add(1)
+		n := g.inFlight.Add(1)
+		defer g.inFlight.Add(-1)
+		for {
+			m := g.maxSeen.Load()
+			if n <= m || g.maxSeen.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		select {
+		case <-gate:
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	tb.Cleanup(g.Close)
+	return g
+}
+
+func newFastServer(tb testing.TB) *httptest.Server {
+	tb.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	tb.Cleanup(srv.Close)
+	return srv
+}
+
+// waitFor waits for ch to close, failing the test after a generous deadline
+// that exists only so a deadlock fails instead of hanging.
+func waitFor(tb testing.TB, ch <-chan struct{}, what string) {
+	tb.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		tb.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// TestWorkerSlowReceiverIsolated: a receiver that does not answer must
+// delay only its own deliveries, even when its backlog exceeds MaxInFlight
+// and it was submitted first.
+func TestWorkerSlowReceiverIsolated(t *testing.T) {
+	t.Parallel()
+	const (
+		slowN = 8
+		fastN = 20
+	)
+	slow := newGatedServer(t)
+	fast := newFastServer(t)
+
+	var (
+		mu            sync.Mutex
+		fastDone      int
+		slowDone      int
+		slowAtFastEnd = -1
+	)
+	allFast := make(chan struct{})
+	allDone := make(chan struct{})
+	w := newTestWorker(t, Config{MaxInFlight: 4, MaxPerHost: 2, AllowHTTP: true, AllowPrivate: true, Timeout: time.Minute},
+		func(r *Request, o Outcome) {
+			mu.Lock()
+			defer mu.Unlock()
+			if !o.Succeeded() {
+				t.Errorf("delivery %s: %+v, want success", r.EventID, o)
+			}
+			if strings.HasPrefix(r.URL, fast.URL) {
+				fastDone++
+				if fastDone == fastN {
+					slowAtFastEnd = slowDone
+					close(allFast)
+				}
+			} else {
+				slowDone++
+			}
+			if fastDone+slowDone == slowN+fastN {
+				close(allDone)
+			}
+		})
+	t.Cleanup(slow.release) // runs before the worker's Wait
+
+	for i := range slowN {
+		if err := w.Submit(t.Context(), &Request{URL: slow.URL, Method: http.MethodPost, EventID: fmt.Sprintf("slow_%d", i)}); err != nil {
+			t.Fatalf("Submit(slow %d) = %v", i, err)
+		}
+	}
+	// More than MaxQueued in all: Submit must block only until fast
+	// deliveries make room, never on the slow receiver.
+	for i := range fastN {
+		if err := w.Submit(t.Context(), &Request{URL: fast.URL, Method: http.MethodPost, EventID: fmt.Sprintf("fast_%d", i)}); err != nil {
+			t.Fatalf("Submit(fast %d) = %v", i, err)
+		}
+	}
+	waitFor(t, allFast, "the fast deliveries")
+
+	mu.Lock()
+	got := slowAtFastEnd
+	mu.Unlock()
+	if got != 0 {
+		t.Fatalf("slow deliveries finished before the last fast one = %d, want 0", got)
+	}
+	if n := slow.started.Load(); n > 2 {
+		t.Fatalf("slow receiver got %d requests while blocked, want at most MaxPerHost (2)", n)
+	}
+
+	slow.release()
+	waitFor(t, allDone, "the slow deliveries")
+	if n := slow.maxSeen.Load(); n > 2 {
+		t.Fatalf("slow receiver saw %d concurrent requests, want at most MaxPerHost (2)", n)
+	}
+	if n := slow.started.Load(); n != slowN {
+		t.Fatalf("slow receiver got %d requests, want %d", n, slowN)
+	}
+}
+
+// TestWorkerHostFIFO: one destination's deliveries go out in submission order.
+func TestWorkerHostFIFO(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	srv := newFastServer(t)
+	var (
+		mu  sync.Mutex
+		got []string
+	)
+	w := newTestWorker(t, Config{MaxInFlight: 4, MaxPerHost: 1, AllowHTTP: true, AllowPrivate: true}, func(r *Request, _ Outcome) {
+		mu.Lock()
+		got = append(got, r.EventID)
+		mu.Unlock()
+	})
+	var want []string
+	for i := range n {
+		id := fmt.Sprintf("evt_%02d", i)
+		want = append(want, id)
+		if err := w.Submit(t.Context(), &Request{URL: srv.URL, Method: http.MethodPost, EventID: id}); err != nil {
+			t.Fatalf("Submit(%s) = %v", id, err)
+		}
+	}
+	w.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("recorded order = %v, want %v", got, want)
+	}
+}
+
+// TestWorkerSubmitBackpressure: Submit blocks once MaxQueued deliveries are
+// queued or in flight, and gives up with ctx.
+func TestWorkerSubmitBackpressure(t *testing.T) {
+	t.Parallel()
+	slow := newGatedServer(t)
+	w := newTestWorker(t, Config{MaxInFlight: 2, MaxPerHost: 1, MaxQueued: 3, AllowHTTP: true, AllowPrivate: true}, nil)
+	t.Cleanup(slow.release)
+	for i := range 3 {
+		if err := w.Submit(t.Context(), &Request{URL: slow.URL, Method: http.MethodPost}); err != nil {
+			t.Fatalf("Submit(%d) = %v", i, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := w.Submit(ctx, &Request{URL: slow.URL, Method: http.MethodPost}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Submit() over MaxQueued = %v, want %v", err, context.DeadlineExceeded)
+	}
+}
+
+// TestWorkerRecordsEveryRequestOnce: each submitted request reaches the
+// recorder exactly once (so Done runs once), refused targets included.
+func TestWorkerRecordsEveryRequestOnce(t *testing.T) {
+	t.Parallel()
+	srv := newFastServer(t)
+	tests := []struct {
+		name    string
+		url     string
+		success bool
+	}{
+		{"delivered", srv.URL, true},
+		{"delivered, explicit path", srv.URL + "/hook", true},
+		{"scheme refused", "ftp://example.com/hook", false},
+		{"credentials refused", "http://user:pw@example.com/hook", false},
+		{"unparsable", "http://[::1", false},
+	}
+	var mu sync.Mutex
+	outcomes := map[string][]Outcome{}
+	w := newTestWorker(t, Config{AllowHTTP: true, AllowPrivate: true}, func(r *Request, o Outcome) {
+		mu.Lock()
+		outcomes[r.EventID] = append(outcomes[r.EventID], o)
+		mu.Unlock()
+	})
+	var done sync.Map
+	for _, tc := range tests {
+		var calls atomic.Int64
+		done.Store(tc.name, &calls)
+		r := &Request{URL: tc.url, Method: http.MethodPost, EventID: tc.name, Done: func() { calls.Add(1) }}
+		if err := w.Submit(t.Context(), r); err != nil {
+			t.Fatalf("Submit(%s) = %v", tc.url, err)
+		}
+	}
+	w.Wait()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			got := outcomes[tc.name]
+			mu.Unlock()
+			if len(got) != 1 {
+				t.Fatalf("recorded %d outcomes, want 1", len(got))
+			}
+			if got[0].Succeeded() != tc.success {
+				t.Fatalf("outcome = %+v, want succeeded %v", got[0], tc.success)
+			}
+			calls, _ := done.Load(tc.name)
+			if n := calls.(*atomic.Int64).Load(); n != 1 {
+				t.Fatalf("Done called %d times, want 1", n)
+			}
+		})
+	}
+}
+
+func TestWorkerTargetKey(t *testing.T) {
+	t.Parallel()
+	w := newTestWorker(t, Config{AllowHTTP: true}, nil)
+	tests := []struct {
+		name string
+		url  string
+		want string
+	}{
+		{"https default port", "https://Hooks.Example.com/a", "hooks.example.com:443"},
+		{"https explicit port", "https://hooks.example.com:443/b", "hooks.example.com:443"},
+		{"http default port", "http://hooks.example.com/", "hooks.example.com:80"},
+		{"other port", "https://hooks.example.com:8443/", "hooks.example.com:8443"},
+		{"ipv6", "https://[2606:4700::1111]/", "[2606:4700::1111]:443"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, got, err := w.target(tc.url)
+			if err != nil {
+				t.Fatalf("target(%s) error = %v", tc.url, err)
+			}
+			if got != tc.want {
+				t.Fatalf("target(%s) = %q, want %q", tc.url, got, tc.want)
+			}
+		})
+	}
+}
