@@ -161,6 +161,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		}
 	}
 	con := &consumer{
+		sent:     map[string]bool{},
 		rules:    sc.Rules,
 		owners:   acl.NewOwners(ownerSource{db: db, cfg: sc.Config.Owners}, 0),
 		watched:  watched,
@@ -279,6 +280,7 @@ type consumer struct {
 	ownerIDs   []string
 	allowed    map[string]bool
 	allowedOld map[string]bool
+	sent       map[string]bool // coalescing keys already sent for the event
 	matched    []*subs.Subscription
 	sites      []string
 	// The open transaction's state: only one is open at a time.
@@ -400,10 +402,19 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 		// One body per dialect and visibility of the old row for this event,
 		// shared by its subscriptions.
 		var bodies map[string][]byte
+		clear(c.sent)
 		for _, s := range c.matched {
 			if !c.allowed[s.Owner] {
 				continue
 			}
+			// Subscriptions that share a target, dialect and secret get one
+			// request for the event: the receiver asked for it once per
+			// destination, and any of its owners may see the row.
+			ck := s.TargetURL + "\x00" + s.Dialect + "\x00" + s.Secret
+			if c.sent[ck] {
+				continue
+			}
+			c.sent[ck] = true
 			d := c.dialects[s.Dialect]
 			if d == nil {
 				d = c.dialects[mapping.DialectDefault]

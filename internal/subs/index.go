@@ -2,6 +2,7 @@ package subs
 
 import (
 	"strings"
+	"time"
 
 	"github.com/walhook/walhook/internal/change"
 )
@@ -15,7 +16,11 @@ type Subscription struct {
 	Site      string
 	Dialect   string
 	Secret    string
-	Active    bool
+	// PrevSecret keeps signing alongside Secret until PrevSecretUntil, after
+	// walhook.rotate_secret().
+	PrevSecret      string
+	PrevSecretUntil time.Time
+	Active          bool
 }
 
 type key struct{ event, site string }
@@ -143,6 +148,16 @@ func FromRow(rel *change.Relation, row change.Row, prev *Subscription) *Subscrip
 			s.Secret = v
 		case "active":
 			s.Active = v == "t"
+		case "previous_secret":
+			s.PrevSecret = v
+		case "previous_secret_until":
+			s.PrevSecretUntil = time.Time{}
+			if v != "" {
+				// The stream sends ISO timestamps in UTC ("2026-11-29 06:36:36.123+00").
+				if t, err := time.Parse("2006-01-02 15:04:05.999999999-07", v); err == nil {
+					s.PrevSecretUntil = t
+				}
+			}
 		}
 	}
 	if s.Site == "" {

@@ -3,9 +3,11 @@ package subs
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -23,7 +25,8 @@ func Load(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (*Index, err
 	ix := New()
 	rows, err := db.Query(ctx, `
 		SELECT DISTINCT ON (id) id::text, deleted, coalesce(owner, ''), coalesce(event, ''), coalesce(target_url, ''),
-			coalesce(site, '/'), coalesce(dialect, 'default'), coalesce(secret, ''), coalesce(active, false)
+			coalesce(site, '/'), coalesce(dialect, 'default'), coalesce(secret, ''), coalesce(active, false),
+			coalesce(previous_secret, ''), coalesce(previous_secret_until, '-infinity')
 		FROM walhook.subscription_log WHERE lsn <= $1::text::pg_lsn
 		ORDER BY id, lsn DESC`, lsn.String())
 	if err != nil {
@@ -31,7 +34,12 @@ func Load(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (*Index, err
 	}
 	var deleted bool
 	var s Subscription
-	_, err = pgx.ForEachRow(rows, []any{&s.ID, &deleted, &s.Owner, &s.Event, &s.TargetURL, &s.Site, &s.Dialect, &s.Secret, &s.Active}, func() error {
+	var until pgtype.Timestamptz
+	_, err = pgx.ForEachRow(rows, []any{&s.ID, &deleted, &s.Owner, &s.Event, &s.TargetURL, &s.Site, &s.Dialect, &s.Secret, &s.Active, &s.PrevSecret, &until}, func() error {
+		s.PrevSecretUntil = time.Time{}
+		if until.InfinityModifier == pgtype.Finite {
+			s.PrevSecretUntil = until.Time
+		}
 		if !deleted {
 			c := s
 			ix.Put(&c)
@@ -59,16 +67,22 @@ func WriteLog(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN, entries 
 		if e.Deleted {
 			b.Queue(`INSERT INTO walhook.subscription_log (id, lsn, deleted) VALUES ($1, $2::text::pg_lsn, true)
 				ON CONFLICT (id, lsn) DO UPDATE SET deleted = true, owner = NULL, event = NULL, target_url = NULL,
-					site = NULL, dialect = NULL, secret = NULL, active = NULL`, e.ID, lsn.String())
+					site = NULL, dialect = NULL, secret = NULL, active = NULL, previous_secret = NULL, previous_secret_until = NULL`, e.ID, lsn.String())
 			continue
 		}
 		s := e.Sub
-		b.Queue(`INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, target_url, site, dialect, secret, active)
-			VALUES ($1, $2::text::pg_lsn, false, $3, $4, $5, $6, $7, nullif($8, ''), $9)
+		var until any
+		if !s.PrevSecretUntil.IsZero() {
+			until = s.PrevSecretUntil
+		}
+		b.Queue(`INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, target_url, site, dialect, secret, active,
+				previous_secret, previous_secret_until)
+			VALUES ($1, $2::text::pg_lsn, false, $3, $4, $5, $6, $7, nullif($8, ''), $9, nullif($10, ''), $11)
 			ON CONFLICT (id, lsn) DO UPDATE SET deleted = false, owner = excluded.owner, event = excluded.event,
 				target_url = excluded.target_url, site = excluded.site, dialect = excluded.dialect,
-				secret = excluded.secret, active = excluded.active`,
-			s.ID, lsn.String(), s.Owner, s.Event, s.TargetURL, s.Site, s.Dialect, s.Secret, s.Active)
+				secret = excluded.secret, active = excluded.active, previous_secret = excluded.previous_secret,
+				previous_secret_until = excluded.previous_secret_until`,
+			s.ID, lsn.String(), s.Owner, s.Event, s.TargetURL, s.Site, s.Dialect, s.Secret, s.Active, s.PrevSecret, until)
 	}
 	if err := db.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write subscription log at %s: %w", lsn, err)
@@ -80,8 +94,10 @@ func WriteLog(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN, entries 
 // creates a slot, since the new slot will never replay how they came to be.
 func Snapshot(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) (int64, error) {
 	tag, err := conn.Exec(ctx, `
-		INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, target_url, site, dialect, secret, active)
-		SELECT id, $1::text::pg_lsn, false, owner, event, target_url, site, dialect, secret, active FROM walhook.subscriptions
+		INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, target_url, site, dialect, secret, active,
+			previous_secret, previous_secret_until)
+		SELECT id, $1::text::pg_lsn, false, owner, event, target_url, site, dialect, secret, active,
+			previous_secret, previous_secret_until FROM walhook.subscriptions
 		ON CONFLICT (id, lsn) DO NOTHING`, lsn.String())
 	if err != nil {
 		return 0, fmt.Errorf("snapshot subscriptions at %s: %w", lsn, err)

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestSiteHierarchy is the seed's example: subscriptions at /, /NOAA and
+// /NOAA/NWS/OUN; a customer created in the OUN office reaches all three, one
+// in OKC reaches two.
+func TestSiteHierarchy(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.subscribe("customer.created", "/root", "/")
+	e.subscribe("customer.created", "/noaa", "/NOAA")
+	e.subscribe("customer.created", "/oun", "/NOAA/NWS/OUN")
+	e.subscribe("customer.created", "/elsewhere", "/NASA")
+	e.start()
+
+	e.exec(`INSERT INTO public.customers (id, tenant_id, tenant_path, name) VALUES (1, 7, '/NOAA/NWS/OUN', 'in OUN')`)
+	e.exec(`INSERT INTO public.customers (id, tenant_id, tenant_path, name) VALUES (2, 7, '/NOAA/NWS/OKC', 'in OKC')`)
+	e.exec(`INSERT INTO public.customers (id, tenant_id, tenant_path, name) VALUES (3, 7, NULL, 'no site')`)
+	// The active site: a row at the root, written by a transaction acting
+	// for OUN, also reaches OUN's subscribers.
+	e.exec(`BEGIN; SELECT walhook.set_site('/NOAA/NWS/OUN');
+		INSERT INTO public.customers (id, tenant_id, tenant_path, name) VALUES (4, 7, NULL, 'bulk for OUN'); COMMIT`)
+	// set_site rolls back with its transaction.
+	e.exec(`BEGIN; SELECT walhook.set_site('/NASA'); ROLLBACK`)
+	e.exec(`INSERT INTO public.customers (id, tenant_id, tenant_path, name) VALUES (5, 7, '/', 'sentinel')`)
+
+	e.recv.wait(t, "/root", 5)
+	want := map[string][]float64{
+		"/root":      {1, 2, 3, 4, 5},
+		"/noaa":      {1, 2, 4},
+		"/oun":       {1, 4},
+		"/elsewhere": nil,
+	}
+	for path, w := range want {
+		got := sortedIDs(t, e.recv.deliveries(path))
+		if len(got) != len(w) {
+			t.Fatalf("%s got ids %v, want %v", path, got, w)
+		}
+		for i := range w {
+			if got[i] != w[i] {
+				t.Fatalf("%s got ids %v, want %v", path, got, w)
+			}
+		}
+	}
+	for _, d := range e.recv.deliveries("/oun") {
+		if env := d.envelope(t); env["data"].(map[string]any)["id"] == float64(4) && env["site"] != "/" {
+			t.Fatalf("active-site delivery reports site %v, want the row's own /", env["site"])
+		}
+	}
+}
+
+func TestCoalescesSubscriptionsToOneTarget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.subscribe("customer.created", "/shared")
+	e.subscribe("customer.created", "/shared", "/acme")
+	e.subscribe("customer.created", "/shared", "/", "zapier") // another dialect: its own request
+	e.subscribe("customer.created", "/other")
+	e.start()
+
+	e.exec(`INSERT INTO public.customers (id, tenant_id, tenant_path, name) VALUES (1, 7, '/acme', 'x')`)
+	e.exec(`INSERT INTO public.customers (id, tenant_id, tenant_path, name) VALUES (2, 7, '/', 'sentinel')`)
+	e.recv.wait(t, "/other", 2)
+	e.recv.wait(t, "/shared", 4)
+	if n := len(e.recv.deliveries("/shared")); n != 4 {
+		t.Fatalf("/shared got %d requests, want 4 (one envelope and one row body per change)", n)
+	}
+	var attempts int
+	waitFor(t, 10*time.Second, "attempts recorded", func() bool {
+		_ = e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts`).Scan(&attempts)
+		return attempts == 6
+	})
+}
