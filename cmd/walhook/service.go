@@ -33,7 +33,12 @@ type serviceConfig struct {
 	AllowPrivate    bool
 	StandbyInterval time.Duration
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
+	// HeartbeatInterval is how often the leader writes a logical message so
+	// an idle database still moves the slot.
+	HeartbeatInterval time.Duration
+	// State is reported by the health endpoint; nil for none.
+	State  *serviceState
+	Logger *slog.Logger
 }
 
 // serve runs the pipeline until soft ends (stop reading, drain, exit) or
@@ -43,14 +48,19 @@ type serviceConfig struct {
 // the restart lose nothing.
 func serve(soft, hard context.Context, sc serviceConfig) error {
 	log := sc.Logger
+	if sc.State == nil {
+		sc.State = newServiceState()
+	}
 	backoff := 500 * time.Millisecond
 	for {
 		started := time.Now()
-		err := serveOnce(soft, hard, sc)
+		err := lead(soft, hard, sc, sc.State, func(soft, hard context.Context) error {
+			return serveOnce(soft, hard, sc)
+		})
 		if soft.Err() != nil || hard.Err() != nil {
 			return nil
 		}
-		if !retryable(err) {
+		if !retryable(err) && !errors.Is(err, errLostLeadership) {
 			return err
 		}
 		if time.Since(started) > time.Minute {
