@@ -146,9 +146,10 @@ func (q *Queue) poll(stop, work context.Context) (int, error) {
 	return len(batch), nil
 }
 
-// claim leases up to ClaimBatch due rows whose subscription is active. Rows of
-// a deleted subscription are dropped in the same statement; rows of an inactive
-// one wait, so activate() resumes them.
+// claim leases up to ClaimBatch due rows whose subscription is active. Due
+// rows of a removed subscription are dropped, and those of an inactive one
+// are parked at 'infinity' (activate() brings them back), so that every poll
+// scans only rows it can send.
 func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 	var out []queued
 	err := pgx.BeginFunc(ctx, q.db, func(tx pgx.Tx) error {
@@ -156,6 +157,18 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 			WHERE d.next_attempt_at <= now()
 			  AND NOT EXISTS (SELECT 1 FROM walhook.subscriptions s WHERE s.id = d.subscription_id)`); err != nil {
 			return fmt.Errorf("drop deliveries of removed subscriptions: %w", err)
+		}
+		// FOR SHARE OF s makes a concurrent activate() wait for this to
+		// commit, and then unpark what it parked; see activate in 0002_queue.sql.
+		if _, err := tx.Exec(ctx, `WITH idle AS (
+				SELECT d.id FROM walhook.deliveries d
+				JOIN walhook.subscriptions s ON s.id = d.subscription_id
+				WHERE d.next_attempt_at <= now() AND NOT s.active
+				FOR UPDATE OF d SKIP LOCKED
+				FOR SHARE OF s)
+			UPDATE walhook.deliveries d SET next_attempt_at = 'infinity', locked_by = NULL
+			FROM idle WHERE d.id = idle.id`); err != nil {
+			return fmt.Errorf("park deliveries of inactive subscriptions: %w", err)
 		}
 		rows, err := tx.Query(ctx, `WITH due AS (
 				SELECT d.id FROM walhook.deliveries d

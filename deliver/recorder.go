@@ -318,13 +318,13 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	var clear, setIDs, addIDs, gone []string
+	var zero, setIDs, addIDs, gone []string
 	var setN, addN []int32
 	for _, id := range ids {
 		t := tally[id]
 		switch {
 		case t.reset && t.failures == 0:
-			clear = append(clear, id)
+			zero = append(zero, id)
 		case t.reset:
 			setIDs, setN = append(setIDs, id), append(setN, int32(t.failures))
 		case t.failures > 0:
@@ -334,8 +334,8 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 			gone = append(gone, id)
 		}
 	}
-	if len(clear) > 0 {
-		if _, err := tx.Exec(ctx, `DELETE FROM walhook.subscription_failures WHERE subscription_id = ANY($1::uuid[])`, clear); err != nil {
+	if len(zero) > 0 {
+		if _, err := tx.Exec(ctx, `DELETE FROM walhook.subscription_failures WHERE subscription_id = ANY($1::uuid[])`, zero); err != nil {
 			return err
 		}
 	}

@@ -111,15 +111,19 @@ func TestWorkerSlowReceiverIsolated(t *testing.T) {
 		})
 	t.Cleanup(slow.release) // runs before the worker's Wait
 
+	// The deadline only turns a Submit stuck behind the slow receiver into
+	// a failure instead of a hang.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
 	for i := range slowN {
-		if err := w.Submit(t.Context(), &Request{URL: slow.URL, Method: http.MethodPost, EventID: fmt.Sprintf("slow_%d", i)}); err != nil {
+		if err := w.Submit(ctx, &Request{URL: slow.URL, Method: http.MethodPost, EventID: fmt.Sprintf("slow_%d", i)}); err != nil {
 			t.Fatalf("Submit(slow %d) = %v", i, err)
 		}
 	}
 	// More than MaxQueued in all: Submit must block only until fast
 	// deliveries make room, never on the slow receiver.
 	for i := range fastN {
-		if err := w.Submit(t.Context(), &Request{URL: fast.URL, Method: http.MethodPost, EventID: fmt.Sprintf("fast_%d", i)}); err != nil {
+		if err := w.Submit(ctx, &Request{URL: fast.URL, Method: http.MethodPost, EventID: fmt.Sprintf("fast_%d", i)}); err != nil {
 			t.Fatalf("Submit(fast %d) = %v", i, err)
 		}
 	}

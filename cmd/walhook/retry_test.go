@@ -241,13 +241,15 @@ func TestHistoryIsARingBuffer(t *testing.T) {
 		}
 	}
 	e.recv.wait(t, "/c", 12)
-	// Ids are drawn from one sequence, so once it reaches 12 every attempt
-	// has been written (and pruned in the same transaction).
+	last := e.currentLSN()
+	// The slot passes a change only after its attempts are committed, so
+	// once it passes the last insert every attempt has been written (and
+	// the history pruned in the same transaction).
 	waitFor(t, 10*time.Second, "every attempt recorded", func() bool {
 		if n := int64(len(e.attempts(sub))); n > maxSeen.Load() {
 			maxSeen.Store(n)
 		}
-		return e.count(`SELECT last_value FROM walhook.attempts_id_seq`) >= 12
+		return e.confirmed() >= last
 	})
 	if n := len(e.attempts(sub)); n != 3 {
 		t.Fatalf("%d attempts kept, want history = 3", n)
@@ -343,5 +345,45 @@ func TestRedeliver(t *testing.T) {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "22023" {
 		t.Fatalf("redeliver(-1) error = %v, want SQLSTATE 22023", err)
+	}
+}
+
+func TestInactiveSubscriptionParksRetries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, retryConfig(t, "[0s, 200ms, 200ms, 200ms, 200ms, 200ms]", 50))
+	sub := e.subscribe("customer.created", "/c", "/", "zapier")
+	var up atomic.Bool
+	e.recv.setStatus(func(*http.Request) int {
+		if up.Load() {
+			return http.StatusOK
+		}
+		return http.StatusServiceUnavailable
+	})
+	e.start()
+
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'Ada')`)
+	waitFor(t, 10*time.Second, "a retry queued", func() bool {
+		return e.count(`SELECT count(*) FROM walhook.deliveries WHERE subscription_id = $1`, sub) == 1
+	})
+	e.exec(`SELECT walhook.deactivate($1)`, sub)
+	// Parked rows are out of the due index, so polls do not keep scanning them.
+	waitFor(t, 10*time.Second, "the retry parked", func() bool {
+		return e.count(`SELECT count(*) FROM walhook.deliveries WHERE subscription_id = $1 AND next_attempt_at = 'infinity'`, sub) == 1
+	})
+	sent := len(e.recv.deliveries("/c"))
+
+	up.Store(true)
+	e.exec(`SELECT walhook.activate($1)`, sub)
+	waitFor(t, 10*time.Second, "the parked retry sent after activate", func() bool {
+		a := e.attempts(sub)
+		return len(a) > 0 && a[len(a)-1].Status == "succeeded" && e.count(`SELECT count(*) FROM walhook.deliveries`) == 0
+	})
+	if got := len(e.recv.deliveries("/c")); got != sent+1 {
+		t.Fatalf("receiver got %d requests, want %d: one more after activate", got, sent+1)
+	}
+	// A queued retry keeps the dialect's headers.
+	ds := e.recv.deliveries("/c")
+	if got := ds[len(ds)-1].Header.Get("X-Source"); got != "walhook" {
+		t.Fatalf("retried X-Source = %q, want walhook", got)
 	}
 }

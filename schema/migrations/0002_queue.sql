@@ -37,13 +37,41 @@ CREATE TABLE walhook.subscription_failures (
     consecutive_failures int NOT NULL DEFAULT 0
 );
 
+-- activate also starts the failure count afresh and resumes the deliveries
+-- the queue parked while the subscription was inactive. The subscription is
+-- updated first: the queue parks rows only while holding a share lock on an
+-- inactive subscription, so once this UPDATE has its row lock no parking is
+-- in flight, and the unparking below (a new snapshot) sees every parked row.
 CREATE OR REPLACE FUNCTION walhook.activate(id uuid) RETURNS boolean
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found_it boolean;
+BEGIN
+    UPDATE walhook.subscriptions s SET active = true, status_message = NULL, updated_at = now()
+    WHERE s.id = activate.id;
+    found_it := FOUND;
     DELETE FROM walhook.subscription_failures f WHERE f.subscription_id = activate.id;
-    WITH u AS (
-        UPDATE walhook.subscriptions s SET active = true, status_message = NULL, updated_at = now()
-        WHERE s.id = activate.id RETURNING 1)
-    SELECT count(*) > 0 FROM u
+    UPDATE walhook.deliveries d SET next_attempt_at = now()
+    WHERE d.subscription_id = activate.id AND d.next_attempt_at = 'infinity';
+    RETURN found_it;
+END $$;
+
+-- unsubscribe and remove_owner also drop what the queue and the failure count
+-- hold for the removed subscriptions (attempts stay, as history).
+CREATE OR REPLACE FUNCTION walhook.unsubscribe(id uuid) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM walhook.deliveries d WHERE d.subscription_id = unsubscribe.id;
+    DELETE FROM walhook.subscription_failures f WHERE f.subscription_id = unsubscribe.id;
+    WITH d AS (DELETE FROM walhook.subscriptions s WHERE s.id = unsubscribe.id RETURNING 1)
+    SELECT count(*) > 0 FROM d
+$$;
+
+CREATE OR REPLACE FUNCTION walhook.remove_owner(owner text) RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH s AS (DELETE FROM walhook.subscriptions s WHERE s.owner = remove_owner.owner RETURNING s.id),
+         d AS (DELETE FROM walhook.deliveries d USING s WHERE d.subscription_id = s.id),
+         f AS (DELETE FROM walhook.subscription_failures f USING s WHERE f.subscription_id = s.id)
+    SELECT count(*)::int FROM s
 $$;
 
 -- redeliver queues the request of attempt attempt_id again, with the same event
