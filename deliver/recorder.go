@@ -3,6 +3,7 @@ package deliver
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/mapping"
@@ -145,6 +147,8 @@ type recorder struct {
 	db  *pgxpool.Pool
 	log *slog.Logger
 	in  chan record
+	// copyRefused is set once COPY was refused (row-level security).
+	copyRefused atomic.Bool
 	// unwritten counts outcomes handed to add and not yet written.
 	unwritten atomic.Int64
 	// policy is set by NewQueue before the worker runs; nil means defaults.
@@ -175,6 +179,13 @@ func (rc *recorder) add(ctx context.Context, r *Request, o Outcome) {
 }
 
 func (rc *recorder) run(ctx context.Context) error {
+	// Learn up front whether row-level security applies to this role, so the
+	// first batch does not have to fail to find out. A failed look-up leaves
+	// the fallback in insertAttempts to find out later.
+	var rls bool
+	if err := rc.db.QueryRow(ctx, `SELECT row_security_active('walhook.attempts')`).Scan(&rls); err == nil && rls {
+		rc.copyRefused.Store(true)
+	}
 	batch := make([]record, 0, maxBatch)
 	for {
 		select {
@@ -273,11 +284,7 @@ func (rc *recorder) write(ctx context.Context, batch []record) error {
 	}
 
 	return pgx.BeginFunc(ctx, rc.db, func(tx pgx.Tx) error {
-		_, err := tx.CopyFrom(ctx, pgx.Identifier{"walhook", "attempts"}, attemptColumns,
-			pgx.CopyFromSlice(len(batch), func(i int) ([]any, error) {
-				return attemptRow(batch[i].r, batch[i].o), nil
-			}))
-		if err != nil {
+		if err := rc.insertAttempts(ctx, tx, batch); err != nil {
 			return err
 		}
 		if len(newQ.sub) > 0 {
@@ -453,6 +460,59 @@ func attemptRow(r *Request, o Outcome) []any {
 	}
 	return []any{r.SubscriptionID, r.EventID, r.Event, max(r.Attempt, 1), status, respStatus,
 		excerpt, errText, r.URL, methodOf(r), storedHeaders(r.Header), r.Body, int32(o.Duration / time.Millisecond)}
+}
+
+// insertAttempts writes the batch's attempts with COPY, the fastest way in.
+// PostgreSQL refuses COPY into a table with row-level security for a role the
+// policies apply to (a non-owner running walhook), so on that refusal the
+// recorder switches for good to one multi-row INSERT per batch.
+func (rc *recorder) insertAttempts(ctx context.Context, tx pgx.Tx, batch []record) error {
+	if !rc.copyRefused.Load() {
+		_, err := tx.CopyFrom(ctx, pgx.Identifier{"walhook", "attempts"}, attemptColumns,
+			pgx.CopyFromSlice(len(batch), func(i int) ([]any, error) {
+				return attemptRow(batch[i].r, batch[i].o), nil
+			}))
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "0A000" {
+			rc.copyRefused.Store(true)
+			rc.log.Info("COPY refused under row-level security; recording attempts with INSERT")
+		}
+		return err
+	}
+	n := len(batch)
+	var (
+		sub, eventID, event, status, url, method = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		attempt, duration                        = make([]int32, n), make([]int32, n)
+		respStatus                               = make([]*int32, n)
+		excerpt, errText                         = make([]*string, n), make([]*string, n)
+		headers, body                            = make([][]byte, n), make([][]byte, n)
+	)
+	for i, rec := range batch {
+		row := attemptRow(rec.r, rec.o)
+		sub[i], eventID[i], event[i] = row[0].(string), row[1].(string), row[2].(string)
+		attempt[i] = int32(row[3].(int))
+		status[i] = row[4].(string)
+		if v, ok := row[5].(int); ok {
+			x := int32(v)
+			respStatus[i] = &x
+		}
+		if v, ok := row[6].(string); ok {
+			excerpt[i] = &v
+		}
+		if v, ok := row[7].(string); ok {
+			errText[i] = &v
+		}
+		url[i], method[i] = row[8].(string), row[9].(string)
+		headers[i], _ = row[10].([]byte)
+		body[i], _ = row[11].([]byte)
+		duration[i] = row[12].(int32)
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO walhook.attempts (subscription_id, event_id, event, attempt, status, response_status,
+			response_excerpt, error, target_url, request_method, request_headers, request_body, duration_ms)
+		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], $7::text[], $8::text[],
+			$9::text[], $10::text[], $11::jsonb[], $12::bytea[], $13::int[])`,
+		sub, eventID, event, attempt, status, respStatus, excerpt, errText, url, method, headers, body, duration)
+	return err
 }
 
 // storedHeaders keeps the dialect's headers for redelivery, minus anything

@@ -130,7 +130,7 @@ func (e *env) start() {
 		s.err = serve(soft, hard, serviceConfig{
 			DatabaseURL: e.dsn, Config: cfg, Mapper: mapper, Rules: rules, Slot: e.slot, Publication: cdc.DefaultPublication,
 			AllowHTTP: true, AllowPrivate: true, StandbyInterval: 100 * time.Millisecond,
-			ShutdownTimeout: 10 * time.Second, Logger: logger,
+			ShutdownTimeout: 10 * time.Second, HeartbeatInterval: 300 * time.Millisecond, Logger: logger,
 		})
 	})
 	e.svc = s

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -21,6 +22,7 @@ import (
 func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c common
 	fs := newFlags("install", stderr, &c, "database-url", "config", "slot", "publication", "allow-http", "log-format")
+	runRole := fs.String("run-role", "", "grant this role what walhook run needs (it must also have REPLICATION)")
 	if err := fs.parse(args, true); err != nil {
 		return err
 	}
@@ -39,6 +41,13 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	changes, err := install(ctx, conn, c, cfg, mapper)
 	if err != nil {
 		return err
+	}
+	if *runRole != "" {
+		gc, err := grantRunRole(ctx, conn, *runRole, cfg)
+		if err != nil {
+			return err
+		}
+		changes = append(changes, gc...)
 	}
 	if len(changes) == 0 {
 		fmt.Fprintln(stdout, "walhook is installed and up to date; nothing changed")
@@ -137,6 +146,55 @@ func ensureIdentity(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([
 func quoteTable(name string) string {
 	s, t, _ := strings.Cut(name, ".")
 	return pgx.Identifier{s, t}.Sanitize()
+}
+
+// grantRunRole gives role what walhook run needs beyond REPLICATION: the
+// walhook tables, a row-level security policy that lets it see every
+// subscription, and SELECT on the tables owners.query reads (the watched
+// ones; a query reading others needs those granted by hand).
+func grantRunRole(ctx context.Context, conn *pgx.Conn, role string, cfg *mapping.Config) ([]string, error) {
+	var repl bool
+	err := conn.QueryRow(ctx, `SELECT rolreplication FROM pg_roles WHERE rolname = $1`, role).Scan(&repl)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("--run-role: role %q does not exist", role)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read role %q: %w", role, err)
+	}
+	r := pgx.Identifier{role}.Sanitize()
+	stmts := []string{
+		"GRANT USAGE ON SCHEMA walhook TO " + r,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO " + r,
+		"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA walhook TO " + r,
+	}
+	for _, t := range []string{"subscriptions", "attempts"} {
+		var exists bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = 'walhook'
+			AND tablename = $1 AND policyname = $2)`, t, "service_"+role).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("read policies: %w", err)
+		}
+		if !exists {
+			stmts = append(stmts, fmt.Sprintf("CREATE POLICY %s ON walhook.%s TO %s USING (true) WITH CHECK (true)",
+				pgx.Identifier{"service_" + role}.Sanitize(), t, r))
+		}
+	}
+	if cfg.Owners != nil {
+		for _, t := range cfg.Owners.Watch {
+			s, n, _ := strings.Cut(t, ".")
+			stmts = append(stmts, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", pgx.Identifier{s}.Sanitize(), r),
+				fmt.Sprintf("GRANT SELECT ON %s TO %s", pgx.Identifier{s, n}.Sanitize(), r))
+		}
+	}
+	for _, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return nil, fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	out := []string{fmt.Sprintf("granted role %s what walhook run needs", role)}
+	if !repl {
+		out = append(out, fmt.Sprintf("warning: role %s lacks REPLICATION; run ALTER ROLE %s REPLICATION as a superuser", role, r))
+	}
+	return out, nil
 }
 
 // loadConfig loads the config and compiles its mapping and rules.

@@ -226,10 +226,15 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 	if shutdown <= 0 {
 		shutdown = 30 * time.Second
 	}
+	deadline := time.After(shutdown)
 	select {
 	case <-drained:
-		worker.Flush(pctx)
-	case <-time.After(shutdown):
+		// Writing the outcomes is bounded by the same deadline: a database
+		// that refuses them must not hold the shutdown forever.
+		fctx, fcancel := context.WithTimeout(pctx, shutdown)
+		worker.Flush(fctx)
+		fcancel()
+	case <-deadline:
 		log.Warn("shutdown timeout: deliveries still running are left for the next start")
 	case <-pctx.Done():
 	}

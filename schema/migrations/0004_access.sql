@@ -74,9 +74,12 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'walhook_app') THEN
         BEGIN
             CREATE ROLE walhook_app NOLOGIN;
-        EXCEPTION WHEN insufficient_privilege THEN
-            RAISE NOTICE 'walhook: cannot create role walhook_app (no CREATEROLE); applications must be granted access by hand';
-            RETURN;
+        EXCEPTION
+            WHEN insufficient_privilege THEN
+                RAISE NOTICE 'walhook: cannot create role walhook_app (no CREATEROLE); applications must be granted access by hand';
+                RETURN;
+            WHEN duplicate_object OR unique_violation THEN
+                NULL; -- roles are cluster-wide: an install in another database made it just now
         END;
     END IF;
     CREATE POLICY app_owner ON walhook.subscriptions TO walhook_app USING (walhook._may(owner));
