@@ -83,7 +83,7 @@ type queued struct {
 	headers                       []byte
 	body                          []byte
 	attempt                       int
-	secret                        *string
+	secret, prevSecret            *string
 }
 
 // Run polls for due deliveries until stop ends; attempts are made under work,
@@ -182,14 +182,15 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 			FROM due, walhook.subscriptions s
 			WHERE d.id = due.id AND s.id = d.subscription_id
 			RETURNING d.id, d.subscription_id::text, d.event_id, d.event, d.target_url, d.method,
-				d.headers, d.body, d.attempt, s.secret`,
+				d.headers, d.body, d.attempt, s.secret,
+				CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END`,
 			q.cfg.ClaimBatch, q.cfg.Lease.Milliseconds(), q.cfg.Name)
 		if err != nil {
 			return err
 		}
 		var d queued
 		_, err = pgx.ForEachRow(rows, []any{&d.id, &d.sub, &d.eventID, &d.event, &d.url, &d.mth,
-			&d.headers, &d.body, &d.attempt, &d.secret}, func() error {
+			&d.headers, &d.body, &d.attempt, &d.secret, &d.prevSecret}, func() error {
 			out = append(out, d)
 			d = queued{}
 			return nil
@@ -217,14 +218,23 @@ func (q *Queue) release(ctx context.Context, rows []queued) {
 	}
 }
 
+// key decodes a secret; an unusable one sends unsigned, with a warning.
+func (q *Queue) key(sub string, secret *string) []byte {
+	if secret == nil || *secret == "" {
+		return nil
+	}
+	k, err := SecretKey(*secret)
+	if err != nil {
+		q.log.Warn("subscription secret unusable; sending unsigned", "subscription_id", sub)
+	}
+	return k
+}
+
 func (q *Queue) request(d queued) *Request {
-	var key []byte
-	if d.secret != nil && *d.secret != "" {
-		k, err := SecretKey(*d.secret)
-		if err != nil {
-			q.log.Warn("subscription secret unusable; sending unsigned", "subscription_id", d.sub)
-		}
-		key = k
+	key := q.key(d.sub, d.secret)
+	var prev []byte
+	if key != nil {
+		prev = q.key(d.sub, d.prevSecret)
 	}
 	var h http.Header
 	if len(d.headers) > 0 {
@@ -246,6 +256,7 @@ func (q *Queue) request(d queued) *Request {
 		Header:         h,
 		Body:           d.body,
 		Key:            key,
+		PrevKey:        prev,
 		Attempt:        d.attempt + 1,
 	}
 }

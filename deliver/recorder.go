@@ -127,10 +127,8 @@ func ParseRetryAfter(v string, now time.Time) time.Duration {
 	return max(t.Sub(now), 0)
 }
 
-// retryAfter is the delay a failed attempt's receiver asked for. Outcome does
-// not carry response headers yet, so this is 0 until it does (see the report
-// on Outcome.RetryAfter); decide already honours it.
-func retryAfter(Outcome) time.Duration { return 0 }
+// retryAfter is the delay a failed attempt's receiver asked for.
+func retryAfter(o Outcome) time.Duration { return o.RetryAfter }
 
 type record struct {
 	r *Request

@@ -62,7 +62,10 @@ type Request struct {
 	Body           []byte
 	// Key is the signing key decoded from the subscription's secret; nil
 	// sends no signature.
-	Key     []byte
+	Key []byte
+	// PrevKey is the key of the secret walhook.rotate_secret() replaced,
+	// while it still signs alongside Key; nil otherwise.
+	PrevKey []byte
 	Attempt int
 	// Done is called once the attempt's outcome is durably recorded.
 	Done func()
@@ -74,6 +77,9 @@ type Outcome struct {
 	Excerpt  []byte
 	Err      error
 	Duration time.Duration
+	// RetryAfter is what the receiver's Retry-After header asked for; 0 when
+	// it sent none.
+	RetryAfter time.Duration
 }
 
 // Succeeded reports a 2xx answer.
@@ -305,7 +311,13 @@ func (w *Worker) attempt(ctx context.Context, r *Request) Outcome {
 	req.Header.Set("webhook-id", r.EventID)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
 	if r.Key != nil {
-		req.Header.Set("webhook-signature", Sign(r.Key, r.EventID, ts, r.Body))
+		sig := Sign(r.Key, r.EventID, ts, r.Body)
+		if r.PrevKey != nil {
+			// During a rotation both secrets sign, space-separated, so a
+			// receiver verifying with either one accepts the request.
+			sig += " " + Sign(r.PrevKey, r.EventID, ts, r.Body)
+		}
+		req.Header.Set("webhook-signature", sig)
 	}
 	resp, err := w.client.Do(req)
 	if err != nil {
@@ -313,7 +325,8 @@ func (w *Worker) attempt(ctx context.Context, r *Request) Outcome {
 	}
 	defer resp.Body.Close()
 	excerpt, rerr := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes))
-	o := Outcome{Status: resp.StatusCode, Duration: time.Since(start)}
+	o := Outcome{Status: resp.StatusCode, Duration: time.Since(start),
+		RetryAfter: ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	if len(excerpt) > DefaultExcerptBytes {
 		excerpt = excerpt[:DefaultExcerptBytes]
 	}

@@ -447,13 +447,10 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 				}
 				bodies[bk] = body
 			}
-			var key []byte
-			if s.Secret != "" {
-				k, err := deliver.SecretKey(s.Secret)
-				if err != nil {
-					c.log.Warn("subscription secret unusable; sending unsigned", "subscription_id", s.ID)
-				}
-				key = k
+			key := c.key(s.ID, s.Secret)
+			var prevKey []byte
+			if key != nil && s.PrevSecret != "" && time.Now().Before(s.PrevSecretUntil) {
+				prevKey = c.key(s.ID, s.PrevSecret)
 			}
 			txn.Add(1)
 			err := c.worker.Submit(ctx, &deliver.Request{
@@ -466,6 +463,7 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 				Header:         d.Header,
 				Body:           body,
 				Key:            key,
+				PrevKey:        prevKey,
 				Attempt:        1,
 				Done:           txn.Done,
 			})
@@ -504,6 +502,18 @@ func (c *consumer) judge(ctx context.Context, table string, ch *change.Change, i
 		_, _ = c.rules.AllowMany(table, &old, owners, c.allowedOld)
 	}
 	return nil
+}
+
+// key decodes a secret; an unusable one sends unsigned, with a warning.
+func (c *consumer) key(sub, secret string) []byte {
+	if secret == "" {
+		return nil
+	}
+	k, err := deliver.SecretKey(secret)
+	if err != nil {
+		c.log.Warn("subscription secret unusable; sending unsigned", "subscription_id", sub)
+	}
+	return k
 }
 
 func opName(op change.Op) string { return op.String() }
