@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"strings"
 	"testing"
+	"time"
 )
 
 // subscribeAs subscribes owner to event at the receiver's path.
@@ -83,5 +85,46 @@ func TestACLDeliversOnlyVisibleRows(t *testing.T) {
 	}
 	if seen, prev := prevFor(e.recv.deliveries("/u3")); !seen || prev != nil {
 		t.Fatalf("tenant 8's order.updated for the moved row: seen %v, previous = %v; want no previous", seen, prev)
+	}
+}
+
+func TestUnknownOwnerIsDeactivated(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.subscribeAs("99", "customer.created", "/nobody")
+	e.subscribeAs("1", "customer.created", "/admin")
+	e.start()
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) SELECT g, 7, 'c' || g FROM generate_series(1, $1::int) g`, MaxOwnerMissing)
+	e.recv.wait(t, "/admin", MaxOwnerMissing)
+	var active bool
+	var msg string
+	waitFor(t, 30*time.Second, "the unknown owner's subscription to be deactivated", func() bool {
+		err := e.conn.QueryRow(context.Background(), `SELECT active, coalesce(status_message, '') FROM walhook.subscriptions WHERE owner = '99'`).Scan(&active, &msg)
+		return err == nil && !active
+	})
+	if !strings.Contains(msg, `owner "99" was not found`) {
+		t.Fatalf("status_message = %q, want it to say the owner was not found", msg)
+	}
+	if n := len(e.recv.deliveries("/nobody")); n != 0 {
+		t.Fatalf("unknown owner got %d deliveries, want 0", n)
+	}
+}
+
+func TestDeletedOwnerLosesSubscriptions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "") // the demo config sets owners.remove_on_delete
+	e.subscribeAs("2", "customer.created", "/bob")
+	e.subscribeAs("2", "order.created", "/bob")
+	e.subscribeAs("1", "customer.created", "/admin")
+	e.start()
+	e.exec(`DELETE FROM app.users WHERE id = 2`)
+	waitFor(t, 30*time.Second, "the deleted owner's subscriptions to go", func() bool {
+		var n int
+		err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.subscriptions WHERE owner = '2'`).Scan(&n)
+		return err == nil && n == 0
+	})
+	var n int
+	if err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.subscriptions WHERE owner = '1'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("other owner's subscriptions = %d, %v; want 1", n, err)
 	}
 }

@@ -171,16 +171,18 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		}
 	}
 	con := &consumer{
-		sent:     map[string]bool{},
-		rules:    sc.Rules,
-		owners:   acl.NewOwners(ownerSource{db: db, cfg: sc.Config.Owners}, 0),
-		watched:  watched,
-		mapper:   sc.Mapper,
-		idx:      idx,
-		worker:   worker,
-		dialects: deliver.Dialects(sc.Config, version),
-		db:       db,
-		log:      log.With("component", "pipeline"),
+		missing:        map[string]int{},
+		removeOnDelete: sc.Config.Owners != nil && sc.Config.Owners.RemoveOnDelete,
+		sent:           map[string]bool{},
+		rules:          sc.Rules,
+		owners:         acl.NewOwners(ownerSource{db: db, cfg: sc.Config.Owners}, 0),
+		watched:        watched,
+		mapper:         sc.Mapper,
+		idx:            idx,
+		worker:         worker,
+		dialects:       deliver.Dialects(sc.Config, version),
+		db:             db,
+		log:            log.With("component", "pipeline"),
 	}
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 
@@ -296,8 +298,13 @@ type consumer struct {
 	allowed    map[string]bool
 	allowedOld map[string]bool
 	sent       map[string]bool // coalescing keys already sent for the event
-	matched    []*subs.Subscription
-	sites      []string
+	// missing counts, per subscription, changes in a row withheld because
+	// its owner could not be found.
+	missing        map[string]int
+	removeOnDelete bool
+	ownersFound    map[string]map[string]any // the last judge's owners
+	matched        []*subs.Subscription
+	sites          []string
 	// The open transaction's state: only one is open at a time.
 	txSites []string
 	entries []subs.Entry
@@ -331,6 +338,11 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 			// Owner attributes changed at this point of the stream: every
 			// change after it is judged with freshly loaded ones.
 			c.owners.Invalidate()
+			if m.Change.Op == change.Delete && c.removeOnDelete {
+				if err := c.removeOwner(ctx, m.Change); err != nil {
+					return err
+				}
+			}
 			if c.mapper.Table(m.Change.Relation.QualifiedName()) == nil {
 				return nil
 			}
@@ -420,8 +432,12 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 		clear(c.sent)
 		for _, s := range c.matched {
 			if !c.allowed[s.Owner] {
+				if err := c.ownerMissing(ctx, s); err != nil {
+					return err
+				}
 				continue
 			}
+			delete(c.missing, s.ID)
 			// Subscriptions that share a target, dialect and secret get one
 			// request for the event: the receiver asked for it once per
 			// destination, and any of its owners may see the row.
@@ -488,6 +504,7 @@ func (c *consumer) judge(ctx context.Context, table string, ch *change.Change, i
 	if err != nil {
 		return fmt.Errorf("load owners: %w", err)
 	}
+	c.ownersFound = owners
 	if c.allowed == nil {
 		c.allowed = map[string]bool{}
 	}
@@ -514,6 +531,51 @@ func (c *consumer) key(sub, secret string) []byte {
 		c.log.Warn("subscription secret unusable; sending unsigned", "subscription_id", sub)
 	}
 	return k
+}
+
+// MaxOwnerMissing is how many changes in a row a subscription may miss
+// because its owner cannot be found before it is deactivated.
+const MaxOwnerMissing = 50
+
+// ownerMissing counts a change withheld from s when its owner was not found
+// (a denial by the rule is not counted: that is the rule working), and
+// deactivates s after MaxOwnerMissing in a row. The count lives in memory: a
+// restart starts it afresh, which only delays the deactivation.
+func (c *consumer) ownerMissing(ctx context.Context, s *subs.Subscription) error {
+	if _, found := c.ownersFound[s.Owner]; found {
+		return nil
+	}
+	c.missing[s.ID]++
+	if c.missing[s.ID] < MaxOwnerMissing {
+		return nil
+	}
+	delete(c.missing, s.ID)
+	msg := fmt.Sprintf("Deactivated: owner %q was not found for %d changes in a row", s.Owner, MaxOwnerMissing)
+	if _, err := c.db.Exec(ctx, `UPDATE walhook.subscriptions SET active = false, status_message = $2, updated_at = now()
+		WHERE id = $1 AND active`, s.ID, msg); err != nil {
+		return fmt.Errorf("deactivate subscription %s: %w", s.ID, err)
+	}
+	c.log.Warn("subscription deactivated: owner not found", "subscription_id", s.ID)
+	return nil
+}
+
+// removeOwner removes the subscriptions of an owner whose row was deleted
+// from a watched table (owners.remove_on_delete), taking the owner's id from
+// the row's id column.
+func (c *consumer) removeOwner(ctx context.Context, ch *change.Change) error {
+	i := ch.Relation.ColumnIndex("id")
+	if i < 0 || i >= len(ch.Old) || ch.Old[i].Kind != change.Text {
+		return nil
+	}
+	id := string(ch.Old[i].Text)
+	var n int
+	if err := c.db.QueryRow(ctx, `SELECT walhook.remove_owner($1)`, id).Scan(&n); err != nil {
+		return fmt.Errorf("remove subscriptions of deleted owner %s: %w", id, err)
+	}
+	if n > 0 {
+		c.log.Info("removed the subscriptions of a deleted owner", "owner", id, "subscriptions", n)
+	}
+	return nil
 }
 
 func opName(op change.Op) string { return op.String() }
