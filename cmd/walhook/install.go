@@ -108,31 +108,17 @@ func install(ctx context.Context, conn *pgx.Conn, c common, cfg *mapping.Config,
 }
 
 // ensureIdentity sets REPLICA IDENTITY FULL on the tables whose deletes and
-// updates cannot be judged or placed from the key alone: those whose acl rule
-// reads the old row, and those with a site column (a delete must be
-// delivered at the site the row was at).
+// updates cannot be judged or placed from the key alone: those whose rules
+// read the old row, and those with a site column (a delete must be delivered
+// at the site the row was at).
 func ensureIdentity(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([]string, error) {
-	rules, err := acl.Compile(cfg)
-	if err != nil {
-		return nil, err
-	}
 	var changes []string
 	for _, t := range cfg.Tables {
-		why := ""
-		switch {
-		case rules.NeedsFullIdentity(t.Table):
-			why = "its acl rule reads the row of updates and deletes"
-		case t.Site != "":
-			why = "deletes must carry the site column " + t.Site
-		default:
-			continue
-		}
-		var ident string
-		err := conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = $1::text::regclass`, quoteTable(t.Table)).Scan(&ident)
+		why, err := identityNeeded(ctx, conn, cfg, t)
 		if err != nil {
-			return nil, fmt.Errorf("read replica identity of %s: %w", t.Table, err)
+			return nil, err
 		}
-		if ident == "f" {
+		if why == "" {
 			continue
 		}
 		if _, err := conn.Exec(ctx, "ALTER TABLE "+quoteTable(t.Table)+" REPLICA IDENTITY FULL"); err != nil {
@@ -141,6 +127,33 @@ func ensureIdentity(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([
 		changes = append(changes, fmt.Sprintf("set REPLICA IDENTITY FULL on %s: %s", t.Table, why))
 	}
 	return changes, nil
+}
+
+// identityNeeded says why t needs REPLICA IDENTITY FULL and lacks it, or ""
+// when it has it or does not need it.
+func identityNeeded(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, t *mapping.TableConfig) (string, error) {
+	rules, err := acl.Compile(cfg)
+	if err != nil {
+		return "", err
+	}
+	why := ""
+	switch {
+	case rules.NeedsFullIdentity(t.Table):
+		why = "its rules read the row of updates and deletes"
+	case t.Site != "":
+		why = "deletes must carry the site column " + t.Site
+	default:
+		return "", nil
+	}
+	var ident string
+	err = conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = $1::text::regclass`, quoteTable(t.Table)).Scan(&ident)
+	if err != nil {
+		return "", fmt.Errorf("read replica identity of %s: %w", t.Table, err)
+	}
+	if ident == "f" {
+		return "", nil
+	}
+	return why, nil
 }
 
 func quoteTable(name string) string {
@@ -271,6 +284,15 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer conn.Close(context.WithoutCancel(ctx))
 		if err := checkCatalog(ctx, conn, cfg); err != nil {
 			return err
+		}
+		for _, t := range cfg.Tables {
+			why, err := identityNeeded(ctx, conn, cfg, t)
+			if err != nil {
+				return err
+			}
+			if why != "" {
+				fmt.Fprintf(stdout, "warning: %s:%d: %s lacks REPLICA IDENTITY FULL, but %s (walhook install sets it)\n", cfg.File, t.Line, t.Table, why)
+			}
 		}
 	}
 	fmt.Fprintf(stdout, "%s: ok: %d table(s), %d event(s)\n", cfg.File, len(cfg.Tables), len(mapper.Events()))

@@ -120,6 +120,7 @@ func TestInstallIsIdempotentAndFollowsConfig(t *testing.T) {
 func TestCheckCommand(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
+	e.exec(`ALTER TABLE public.orders REPLICA IDENTITY DEFAULT`)
 	tests := []struct {
 		name     string
 		config   string
@@ -129,6 +130,7 @@ func TestCheckCommand(t *testing.T) {
 		exitCode int
 	}{
 		{name: "valid", config: string(demoConfig), withDB: true, wantOut: "ok: 2 table(s)"},
+		{name: "warns of a missing replica identity", config: string(demoConfig), withDB: true, wantOut: "public.orders lacks REPLICA IDENTITY FULL, but its rules read the row"},
 		{name: "unknown key", config: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    colour: red\n", wantErr: `walhook.yaml:5: tables[0].colour: unknown key`, exitCode: 1},
 		{name: "unknown column with database", config: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    columns: {exclude: [nope]}\n", withDB: true, wantErr: `walhook.yaml:5: tables[0].columns.exclude`, exitCode: 1},
 		{name: "unknown table with database", config: "tables:\n  - table: public.ordres\n    noun: order\n    acl: 'true'\n", withDB: true, wantErr: `walhook.yaml:2: tables[0].table`, exitCode: 1},
