@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -237,3 +238,50 @@ func TestStandbyTakesOver(t *testing.T) {
 }
 
 func bytesContains(b []byte, s string) bool { return strings.Contains(string(b), s) }
+
+// TestPendingRetrySurvivesKill: a delivery that failed and waits in the
+// queue is delivered by the next process after walhook is killed with
+// SIGKILL.
+func TestPendingRetrySurvivesKill(t *testing.T) {
+	t.Parallel()
+	cfg := strings.Replace(string(demoConfig), "retry: [0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h]", "retry: [0s, 3s, 1s]", 1)
+	if cfg == string(demoConfig) {
+		t.Fatal("demo config has no retry line to replace")
+	}
+	e := newEnv(t, cfg)
+	var mu sync.Mutex
+	up := false
+	e.recv.status = func(*http.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if up {
+			return http.StatusOK
+		}
+		return http.StatusServiceUnavailable
+	}
+	e.subscribe("customer.created", "/c")
+	proc := startProcess(t, e.dsn, e.cfgPath, e.slot)
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'retried across a kill')`)
+	waitFor(t, 30*time.Second, "the failed first attempt to be queued", func() bool {
+		var n int
+		err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.deliveries`).Scan(&n)
+		return err == nil && n == 1
+	})
+	proc.kill(t)
+	mu.Lock()
+	up = true
+	mu.Unlock()
+	startProcess(t, e.dsn, e.cfgPath, e.slot)
+	waitFor(t, 60*time.Second, "the retry to succeed", func() bool {
+		var n int
+		err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts WHERE status = 'succeeded'`).Scan(&n)
+		return err == nil && n == 1
+	})
+	ids := map[string]bool{}
+	for _, d := range e.recv.deliveries("/c") {
+		ids[d.Header.Get("webhook-id")] = true
+	}
+	if len(ids) != 1 {
+		t.Fatalf("deliveries carried %d event ids, want 1 (the retry keeps the id)", len(ids))
+	}
+}
