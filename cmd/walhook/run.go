@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -20,8 +21,17 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := newFlags("run", stderr, &c, "database-url", "config", "slot", "publication", "listen", "log-format", "allow-http", "allow-private-targets")
 	shutdown := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight deliveries may take to finish")
 	standby := fs.Duration("standby-interval", 10*time.Second, "how often the slot position is reported to PostgreSQL")
+	allowCIDRs := fs.StringSlice("allow-target-cidr", nil, "destination ranges allowed even without --allow-private-targets (e.g. 10.20.0.0/16); repeatable")
 	if err := fs.parse(args, true); err != nil {
 		return err
+	}
+	var cidrs []netip.Prefix
+	for _, s := range *allowCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return usageError{fmt.Sprintf("--allow-target-cidr %q: %v", s, err)}
+		}
+		cidrs = append(cidrs, p.Masked())
 	}
 	log := newLogger(stderr, c.LogFormat)
 	cfg, mapper, rules, err := loadConfigRules(c.Config)
@@ -78,6 +88,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Publication:     c.Publication,
 		AllowHTTP:       c.AllowHTTP,
 		AllowPrivate:    c.AllowPrivate,
+		AllowCIDRs:      cidrs,
 		StandbyInterval: *standby,
 		ShutdownTimeout: *shutdown,
 		Logger:          log,

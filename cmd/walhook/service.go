@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -23,14 +24,16 @@ import (
 
 // serviceConfig is everything one walhook run needs.
 type serviceConfig struct {
-	DatabaseURL     string
-	Config          *mapping.Config
-	Mapper          *mapping.Mapper
-	Rules           *acl.Rules
-	Slot            string
-	Publication     string
-	AllowHTTP       bool
-	AllowPrivate    bool
+	DatabaseURL  string
+	Config       *mapping.Config
+	Mapper       *mapping.Mapper
+	Rules        *acl.Rules
+	Slot         string
+	Publication  string
+	AllowHTTP    bool
+	AllowPrivate bool
+	// AllowCIDRs are destinations allowed even when private ones are not.
+	AllowCIDRs      []netip.Prefix
 	StandbyInterval time.Duration
 	ShutdownTimeout time.Duration
 	// HeartbeatInterval is how often the leader writes a logical message so
@@ -146,6 +149,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		Timeout:      d.Timeout,
 		AllowHTTP:    sc.AllowHTTP,
 		AllowPrivate: sc.AllowPrivate,
+		AllowCIDRs:   sc.AllowCIDRs,
 	}, db, log)
 	// Retries wait in walhook.deliveries; the queue sends them when due.
 	queue := deliver.NewQueue(deliver.QueueConfig{
