@@ -77,7 +77,8 @@ type Rules struct {
 }
 
 type tableRules struct {
-	acl *rule
+	acl     *rule
+	payload *rule // nil when the table has none
 	// oldCols are the columns the table's rules read through row or old;
 	// oldAll is set when a rule uses row or old other than by column name.
 	oldCols []string
@@ -170,6 +171,19 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 			r.events[e.Name] = ru
 			tr.oldAll = oldColumns(ast, cols) || tr.oldAll
 		}
+		if strings.TrimSpace(t.Payload) != "" {
+			field := path + ".payload"
+			ru, ast, problems := compileFor(env.payload, whenVars, t.Payload, cmp.Or(t.PayloadLine, t.Line), true)
+			if len(problems) > 0 {
+				for _, p := range problems {
+					add(p.line, field, p.text)
+				}
+			} else {
+				ru.field, ru.table, ru.tval = field, t.Table, types.String(t.Table)
+				tr.payload = ru
+				tr.oldAll = oldColumns(ast, cols) || tr.oldAll
+			}
+		}
 		for c := range cols {
 			tr.oldCols = append(tr.oldCols, c)
 		}
@@ -227,10 +241,16 @@ var envs = sync.OnceValues(func() (celEnvs, error) {
 	if err != nil {
 		return celEnvs{}, fmt.Errorf("build CEL environment: %w", err)
 	}
-	return celEnvs{acl: acl, when: when}, nil
+	// A payload builds an object whose values differ in type, which the
+	// extended validations' homogeneous-literal check would refuse.
+	payload, err := cel.NewEnv(common[:len(common)-1]...)
+	if err != nil {
+		return celEnvs{}, fmt.Errorf("build CEL environment: %w", err)
+	}
+	return celEnvs{acl: acl, when: when, payload: payload}, nil
 })
 
-type celEnvs struct{ acl, when *cel.Env }
+type celEnvs struct{ acl, when, payload *cel.Env }
 
 // problem is one compile problem at a config file line.
 type problem struct {
@@ -241,6 +261,12 @@ type problem struct {
 // compile parses, checks, costs and plans one expression written at line of
 // the config file.
 func compile(env *cel.Env, vars []string, src string, line int) (*rule, *celast.AST, []problem) {
+	return compileFor(env, vars, src, line, false)
+}
+
+// compileFor is compile for a boolean condition, or with wantMap for an
+// expression that builds a map (a payload).
+func compileFor(env *cel.Env, vars []string, src string, line int, wantMap bool) (*rule, *celast.AST, []problem) {
 	ast, iss := env.Compile(src)
 	if iss != nil && iss.Err() != nil {
 		var ps []problem
@@ -257,7 +283,11 @@ func compile(env *cel.Env, vars []string, src string, line int) (*rule, *celast.
 		}
 		return nil, nil, ps
 	}
-	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) && !t.IsExactType(cel.DynType) {
+	if t := ast.OutputType(); wantMap {
+		if t.Kind() != types.MapKind && !t.IsExactType(cel.DynType) {
+			return nil, nil, []problem{{line, fmt.Sprintf("gives %s, not a map (write an object, e.g. {\"id\": row.id})", t)}}
+		}
+	} else if !t.IsExactType(cel.BoolType) && !t.IsExactType(cel.DynType) {
 		return nil, nil, []problem{{line, fmt.Sprintf("gives %s, not a bool (write a condition, e.g. row.owner_id == owner.id)", t)}}
 	}
 	est, err := env.EstimateCost(ast, sizeEstimator{})

@@ -55,6 +55,9 @@ func (d *Dialect) AppendBody(dst []byte, ev *mapping.Event, site string, withPre
 		row, fill = ch.Old, nil
 	}
 	if d.Body == mapping.BodyRow {
+		if ev.Data != nil {
+			return append(dst, ev.Data...)
+		}
 		return ev.Table.AppendData(dst, ch.Relation, row, fill)
 	}
 	dst = append(dst, `{"id":`...)
@@ -66,12 +69,20 @@ func (d *Dialect) AppendBody(dst []byte, ev *mapping.Event, site string, withPre
 	dst = append(dst, `","site":`...)
 	dst = change.AppendString(dst, []byte(site))
 	dst = append(dst, `,"data":`...)
-	dst = ev.Table.AppendData(dst, ch.Relation, row, fill)
+	if ev.Data != nil {
+		dst = append(dst, ev.Data...)
+	} else {
+		dst = ev.Table.AppendData(dst, ch.Relation, row, fill)
+	}
 	if withPrevious && ch.Op == change.Update && ch.Old != nil {
 		dst = append(dst, `,"previous":`...)
-		// The old image has no older one to fill unchanged values from; they
-		// are the same as in the new row, so fill from there.
-		dst = ev.Table.AppendData(dst, ch.Relation, ch.Old, ch.New)
+		if ev.Previous != nil {
+			dst = append(dst, ev.Previous...)
+		} else {
+			// The old image has no older one to fill unchanged values from;
+			// they are the same as in the new row, so fill from there.
+			dst = ev.Table.AppendData(dst, ch.Relation, ch.Old, ch.New)
+		}
 	}
 	return append(dst, '}')
 }

@@ -95,6 +95,10 @@ type TableConfig struct {
 	// subscriber.
 	ACL     string
 	ACLLine int
+	// Payload is an optional CEL expression building the body's data from
+	// the row (a map), compiled by package acl; empty sends the row's columns.
+	Payload     string
+	PayloadLine int
 	Events  []*DerivedEvent
 	Line    int // line of the table's entry
 
@@ -328,7 +332,7 @@ func (p *parser) owners(k, v *yaml.Node) *Owners {
 	return o
 }
 
-var tableKeys = []string{"table", "noun", "key", "site", "verbs", "columns", "acl", "events"}
+var tableKeys = []string{"table", "noun", "key", "site", "verbs", "columns", "acl", "events", "payload"}
 
 func (p *parser) tables(v *yaml.Node) []*TableConfig {
 	if isMissing(v) {
@@ -381,6 +385,9 @@ func (p *parser) tables(v *yaml.Node) []*TableConfig {
 			case "acl":
 				t.ACL, _ = p.str(v, f)
 				t.ACLLine = v.Line
+			case "payload":
+				t.Payload, _ = p.str(v, f)
+				t.PayloadLine = v.Line
 			case "events":
 				t.Events = p.events(t, v, f)
 			}

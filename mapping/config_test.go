@@ -228,7 +228,7 @@ func TestLoadBadFiles(t *testing.T) {
 	}{
 		{"bad-unknown-key.yaml", []string{
 			`2: tables[0].noun: required: the event prefix, e.g. order for order.created`,
-			`3: tables[0].nuon: unknown key "nuon" (allowed: table, noun, key, site, verbs, columns, acl, events); did you mean "noun"?`,
+			`3: tables[0].nuon: unknown key "nuon" (allowed: table, noun, key, site, verbs, columns, acl, events, payload); did you mean "noun"?`,
 			`5: tables[0].columns.includes: unknown key "includes" (allowed: include, exclude); did you mean "include"?`,
 			`6: deliveries: unknown key "deliveries" (allowed: owners, tables, delivery, dialects)`,
 		}},

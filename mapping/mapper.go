@@ -61,6 +61,9 @@ type Event struct {
 	Name   string
 	Table  *Table
 	Change *change.Change
+	// Data and Previous, when set, are the body's data and previous objects
+	// built by the table's payload expression; nil means the row's columns.
+	Data, Previous []byte
 }
 
 // New compiles cfg. It checks the table mappings again, so a Config built in
