@@ -77,7 +77,10 @@ type Rules struct {
 }
 
 type tableRules struct {
-	acl     *rule
+	acl *rule
+	// always is set for the rule "true": every subscriber sees every row, so
+	// callers may skip loading owners and binding rows.
+	always  bool
 	payload *rule // nil when the table has none
 	// oldCols are the columns the table's rules read through row or old;
 	// oldAll is set when a rule uses row or old other than by column name.
@@ -143,6 +146,7 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 		} else {
 			ru.field, ru.table, ru.tval = field, t.Table, types.String(t.Table)
 			tr.acl = ru
+			tr.always = strings.TrimSpace(t.ACL) == "true"
 			tr.oldAll = oldColumns(ast, cols) || tr.oldAll
 		}
 
@@ -388,6 +392,12 @@ func oldColumns(a *celast.AST, cols map[string]bool) (all bool) {
 		}
 	}
 	return false
+}
+
+// AlwaysAllows reports whether table's rule is the literal "true".
+func (r *Rules) AlwaysAllows(table string) bool {
+	t := r.tables[table]
+	return t != nil && t.always
 }
 
 // NeedsFullIdentity reports whether table's rules (its acl and the `when` of

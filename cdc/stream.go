@@ -51,6 +51,8 @@ type Config struct {
 	Start pglogrepl.LSN
 	// StandbyInterval is how often the stream reports its position.
 	StandbyInterval time.Duration
+	// Observer is told what the stream decodes; nil for none.
+	Observer Observer
 }
 
 // Kind is the kind of a Message.
@@ -104,6 +106,9 @@ func New(cfg Config, logger *slog.Logger) (*Stream, error) {
 	}
 	if cfg.StandbyInterval <= 0 {
 		cfg.StandbyInterval = DefaultStandbyInterval
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
 	}
 	return &Stream{
 		cfg:     cfg,
@@ -285,6 +290,7 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 			return fmt.Errorf("decode change at %s: %w", r.cur.CommitLSN, err)
 		}
 		r.seq++
+		r.s.cfg.Observer.Decoded(1)
 		return r.emit(ctx, Message{Kind: KindChange, Txn: r.cur, Change: ch})
 	}
 	m, err := pglogrepl.Parse(data)

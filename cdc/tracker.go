@@ -3,6 +3,7 @@ package cdc
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 
@@ -45,6 +46,9 @@ type Tracker struct {
 	mu        sync.Mutex
 	pending   []*Txn // in commit order; resolved ones are popped from the front
 	confirmed pglogrepl.LSN
+	// confirmedAt is the commit time of the transaction confirmed ends;
+	// zero until one is resolved.
+	confirmedAt time.Time
 }
 
 // NewTracker starts tracking at the slot's confirmed LSN.
@@ -73,7 +77,7 @@ func (tr *Tracker) resolve(t *Txn) {
 	n := 0
 	for n < len(tr.pending) && tr.pending[n].resolved {
 		if end := tr.pending[n].EndLSN; end > tr.confirmed {
-			tr.confirmed = end
+			tr.confirmed, tr.confirmedAt = end, tr.pending[n].CommitTime
 		}
 		n++
 	}

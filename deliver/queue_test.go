@@ -2,7 +2,9 @@ package deliver
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -84,4 +86,22 @@ func FuzzParseRetryAfter(f *testing.F) {
 			t.Fatalf("ParseRetryAfter(%q) = %s, want >= 0", s, d)
 		}
 	})
+}
+
+func TestNewestPerSubscription(t *testing.T) {
+	rec := func(sub string, attempt int) record {
+		return record{r: &Request{SubscriptionID: sub, Attempt: attempt}}
+	}
+	batch := []record{rec("a", 1), rec("b", 1), rec("a", 2), rec("a", 3), rec("b", 2), rec("a", 4)}
+	got := newestPerSubscription(batch, 2)
+	var desc []string
+	for _, r := range got {
+		desc = append(desc, fmt.Sprintf("%s%d", r.r.SubscriptionID, r.r.Attempt))
+	}
+	if want := "b1 a3 b2 a4"; strings.Join(desc, " ") != want {
+		t.Fatalf("newestPerSubscription() = %v, want %s (the newest two of each, in order)", desc, want)
+	}
+	if got := newestPerSubscription(batch[:2], 2); len(got) != 2 {
+		t.Fatalf("a batch within history was cut to %d", len(got))
+	}
 }

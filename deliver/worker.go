@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -48,6 +49,8 @@ type Config struct {
 	// Client overrides the HTTP client (tests of the client itself); nil
 	// builds one with NewClient.
 	Client *http.Client
+	// Observer is told of recorded outcomes, for metrics; nil for none.
+	Observer Observer
 }
 
 // Request is one delivery of one event to one subscription.
@@ -67,6 +70,9 @@ type Request struct {
 	// while it still signs alongside Key; nil otherwise.
 	PrevKey []byte
 	Attempt int
+	// Committed is the commit time of the change, when known: it times
+	// commit→2xx for metrics.
+	Committed time.Time
 	// Done is called once the attempt's outcome is durably recorded.
 	Done func()
 }
@@ -117,8 +123,9 @@ type Worker struct {
 // hostQueue is one destination's backlog. active counts runners, each of
 // which owns one of the destination's MaxPerHost places.
 type hostQueue struct {
-	jobs   []job
-	active int
+	jobs     []job
+	active   int
+	inflight atomic.Int32 // requests under way, for Load
 }
 
 // job is a submitted delivery with the context it was submitted under.
@@ -134,6 +141,7 @@ const DefaultQueueFactor = 4
 func New(cfg Config, db *pgxpool.Pool, logger *slog.Logger) *Worker {
 	w := newWorker(cfg, logger)
 	w.rec = newRecorder(db, w.log)
+	w.rec.obs = w.cfg.Observer
 	w.record = w.rec.add
 	return w
 }
@@ -151,6 +159,9 @@ func newWorker(cfg Config, logger *slog.Logger) *Worker {
 	}
 	if cfg.MaxQueued <= 0 {
 		cfg.MaxQueued = cfg.MaxInFlight * DefaultQueueFactor
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
 	}
 	client := cfg.Client
 	if client == nil {
@@ -226,7 +237,9 @@ func (w *Worker) runHost(dest string, h *hostQueue) {
 		var o Outcome
 		select {
 		case w.slots <- struct{}{}:
+			h.inflight.Add(1)
 			o = w.attempt(j.ctx, j.r)
+			h.inflight.Add(-1)
 			<-w.slots
 		case <-j.ctx.Done():
 			o = Outcome{Err: j.ctx.Err()}
@@ -238,6 +251,9 @@ func (w *Worker) runHost(dest string, h *hostQueue) {
 // finish hands the outcome on and gives back the delivery's admission.
 func (w *Worker) finish(ctx context.Context, r *Request, o Outcome) {
 	defer func() { <-w.admit }()
+	if o.Succeeded() && !r.Committed.IsZero() {
+		w.cfg.Observer.Latency(time.Since(r.Committed))
+	}
 	w.record(ctx, r, o)
 }
 

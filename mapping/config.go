@@ -99,8 +99,8 @@ type TableConfig struct {
 	// the row (a map), compiled by package acl; empty sends the row's columns.
 	Payload     string
 	PayloadLine int
-	Events  []*DerivedEvent
-	Line    int // line of the table's entry
+	Events      []*DerivedEvent
+	Line        int // line of the table's entry
 
 	// lines holds the line of each setting by field path relative to the
 	// table ("key[0]", "columns.exclude", "events[1].on"), so checks made after

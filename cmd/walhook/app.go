@@ -39,6 +39,7 @@ Usage:
   walhook status    --database-url URL
   walhook uninstall --database-url URL [--drop-schema]
   walhook demo      [--keep]
+  walhook bench     [--database-url URL] [--rows N] [--rss-rows N] [--json]
   walhook version
 
 Run "walhook COMMAND --help" for a command's flags. Every flag can also be set
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdUninstall(ctx, rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, rest, stdout, stderr)
+	case "bench":
+		return cmdBench(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "walhook", version)
 		return nil

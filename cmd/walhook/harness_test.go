@@ -115,8 +115,9 @@ type runningService struct {
 	err                error
 }
 
-// start runs walhook against the env's database until stop or test end.
-func (e *env) start() {
+// start runs walhook against the env's database until stop or test end;
+// opts adjust its config.
+func (e *env) start(opts ...func(*serviceConfig)) {
 	e.t.Helper()
 	cfg, mapper, rules, err := loadConfigRules(e.cfgPath)
 	if err != nil {
@@ -126,13 +127,15 @@ func (e *env) start() {
 	soft, stopSoft := context.WithCancel(hard)
 	s := &runningService{stopSoft: stopSoft, stopHard: stopHard}
 	logger := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	s.wg.Go(func() {
-		s.err = serve(soft, hard, serviceConfig{
-			DatabaseURL: e.dsn, Config: cfg, Mapper: mapper, Rules: rules, Slot: e.slot, Publication: cdc.DefaultPublication,
-			AllowHTTP: true, AllowPrivate: true, StandbyInterval: 100 * time.Millisecond,
-			ShutdownTimeout: 10 * time.Second, HeartbeatInterval: 300 * time.Millisecond, Logger: logger,
-		})
-	})
+	sc := serviceConfig{
+		DatabaseURL: e.dsn, Config: cfg, Mapper: mapper, Rules: rules, Slot: e.slot, Publication: cdc.DefaultPublication,
+		AllowHTTP: true, AllowPrivate: true, StandbyInterval: 100 * time.Millisecond,
+		ShutdownTimeout: 10 * time.Second, HeartbeatInterval: 300 * time.Millisecond, Logger: logger,
+	}
+	for _, o := range opts {
+		o(&sc)
+	}
+	s.wg.Go(func() { s.err = serve(soft, hard, sc) })
 	e.svc = s
 	e.t.Cleanup(func() { e.stop() })
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walhook/walhook/internal/metrics"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -15,6 +16,7 @@ import (
 type ownerSource struct {
 	db  *pgxpool.Pool
 	cfg *mapping.Owners
+	m   *metrics.Metrics // counts owners loaded; nil for none
 }
 
 func (s ownerSource) LoadOwners(ctx context.Context, ids []string) (map[string]map[string]any, error) {
@@ -43,6 +45,9 @@ func (s ownerSource) LoadOwners(ctx context.Context, ids []string) (map[string]m
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("owners.query (line %d): %w", s.cfg.QueryLine, err)
+	}
+	if s.m != nil {
+		s.m.OwnersLoaded.Add(float64(len(out)))
 	}
 	return out, nil
 }

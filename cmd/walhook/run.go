@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/sourcegraph/conc"
+
+	"github.com/walhook/walhook/internal/metrics"
 )
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -69,12 +71,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	})
 	defer stopHard()
 
+	state, m := newServiceState(), metrics.New(version)
 	if c.Listen != "" {
-		srv, err := startHealth(c.Listen)
+		srv, err := startHealth(c.Listen, state, m)
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
+		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.listener.Addr().String())
 		wg.Go(func() { _ = srv.Serve(srv.listener) })
 	}
 
@@ -91,6 +95,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		AllowCIDRs:      cidrs,
 		StandbyInterval: *standby,
 		ShutdownTimeout: *shutdown,
+		State:           state,
+		Metrics:         m,
 		Logger:          log,
 	})
 	if err != nil {
@@ -105,17 +111,14 @@ type healthServer struct {
 	listener net.Listener
 }
 
-// startHealth listens for /healthz. Binding happens here, not in the
-// goroutine, so a taken port is an error at start.
-func startHealth(addr string) (*healthServer, error) {
+// startHealth listens for /healthz, /readyz and /metrics (see
+// newHTTPHandler). Binding happens here, not in the goroutine, so a taken
+// port is an error at start.
+func startHealth(addr string, state *serviceState, m *metrics.Metrics) (*healthServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: newHTTPHandler(state, m), ReadHeaderTimeout: 5 * time.Second}
 	return &healthServer{Server: srv, listener: ln}, nil
 }

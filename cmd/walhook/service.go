@@ -18,6 +18,7 @@ import (
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/deliver"
 	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/metrics"
 	"github.com/walhook/walhook/internal/subs"
 	"github.com/walhook/walhook/mapping"
 )
@@ -39,6 +40,10 @@ type serviceConfig struct {
 	// HeartbeatInterval is how often the leader writes a logical message so
 	// an idle database still moves the slot.
 	HeartbeatInterval time.Duration
+	// Metrics receives the pipeline's figures; nil makes a private set.
+	Metrics *metrics.Metrics
+	// SampleInterval is how often slot lag is sampled for Metrics.
+	SampleInterval time.Duration
 	// State is reported by the health endpoint; nil for none.
 	State  *serviceState
 	Logger *slog.Logger
@@ -54,6 +59,10 @@ func serve(soft, hard context.Context, sc serviceConfig) error {
 	if sc.State == nil {
 		sc.State = newServiceState()
 	}
+	if sc.Metrics == nil {
+		sc.Metrics = metrics.New(version)
+	}
+	sc.Metrics.SetState(sc.State.leading)
 	backoff := 500 * time.Millisecond
 	for {
 		started := time.Now()
@@ -138,6 +147,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		Publication:     sc.Publication,
 		Start:           slot.ConfirmedFlush,
 		StandbyInterval: sc.StandbyInterval,
+		Observer:        sc.Metrics,
 	}, log)
 	if err != nil {
 		return err
@@ -150,6 +160,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		AllowHTTP:    sc.AllowHTTP,
 		AllowPrivate: sc.AllowPrivate,
 		AllowCIDRs:   sc.AllowCIDRs,
+		Observer:     sc.Metrics,
 	}, db, log)
 	// Retries wait in walhook.deliveries; the queue sends them when due.
 	queue := deliver.NewQueue(deliver.QueueConfig{
@@ -179,7 +190,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		removeOnDelete: sc.Config.Owners != nil && sc.Config.Owners.RemoveOnDelete,
 		sent:           map[string]bool{},
 		rules:          sc.Rules,
-		owners:         acl.NewOwners(ownerSource{db: db, cfg: sc.Config.Owners}, 0),
+		owners:         acl.NewOwners(ownerSource{db: db, cfg: sc.Config.Owners, m: sc.Metrics}, 0),
 		watched:        watched,
 		mapper:         sc.Mapper,
 		idx:            idx,
@@ -187,6 +198,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		dialects:       deliver.Dialects(sc.Config, version),
 		db:             db,
 		log:            log.With("component", "pipeline"),
+		metrics:        sc.Metrics,
 	}
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 
@@ -197,6 +209,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 			cancel(recErr)
 		}
 	})
+	wg.Go(func() { sampleMetrics(recCtx, sc, db, stream.Tracker(), worker) })
 	var stages conc.WaitGroup
 	stages.Go(func() {
 		streamErr = stream.Run(readCtx, msgs)
@@ -217,7 +230,9 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 			cancel(err)
 		}
 	})
+	sc.State.streaming.Store(true)
 	stages.Wait()
+	sc.State.streaming.Store(false)
 
 	// Drain: the HTTP attempts under way finish (each within the delivery
 	// timeout), their outcomes are written, and the slot learns how far that
@@ -268,6 +283,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 func advanceSlot(ctx context.Context, db *pgxpool.Pool, slot string, lsn pglogrepl.LSN, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	waitSlotReleased(ctx, db, slot, 2*time.Second)
 	_, err := db.Exec(ctx, `SELECT pg_replication_slot_advance(slot_name, $2::text::pg_lsn)
 		FROM pg_replication_slots WHERE slot_name = $1 AND NOT active AND confirmed_flush_lsn < $2::text::pg_lsn`, slot, lsn.String())
 	if err != nil {
@@ -295,6 +311,7 @@ type consumer struct {
 	dialects map[string]*deliver.Dialect
 	db       *pgxpool.Pool
 	log      *slog.Logger
+	metrics  *metrics.Metrics
 
 	// Scratch space reused for every change.
 	events     []mapping.Event
@@ -411,11 +428,16 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 		ok, err := c.rules.When(d.Name, input())
 		if err != nil {
 			c.log.Debug("derived event condition failed; not produced", "event", d.Name, "err", err)
+			c.metrics.RuleErrors.WithLabelValues(metrics.RuleEvent).Inc()
 		}
 		if ok {
 			c.events = append(c.events, mapping.Event{
 				ID: mapping.EventID(uint64(ch.Tx.CommitLSN), ch.Seq, d.Name), Name: d.Name, Table: t, Change: ch})
 		}
+	}
+	c.metrics.EventsProduced.Add(float64(len(c.events)))
+	if len(c.events) > 0 && c.rules.HasPayload(t.Name) {
+		c.payload(t.Name, input())
 	}
 	for i := range c.events {
 		ev := &c.events[i]
@@ -427,7 +449,7 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 		if len(c.matched) == 0 {
 			continue
 		}
-		if err := c.judge(ctx, t.Name, ch, input()); err != nil {
+		if err := c.judge(ctx, t.Name, ch, input); err != nil {
 			return err
 		}
 		// One body per dialect and visibility of the old row for this event,
@@ -436,6 +458,7 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 		clear(c.sent)
 		for _, s := range c.matched {
 			if !c.allowed[s.Owner] {
+				c.metrics.ACLDenials.Inc()
 				if err := c.ownerMissing(ctx, s); err != nil {
 					return err
 				}
@@ -485,6 +508,7 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 				Key:            key,
 				PrevKey:        prevKey,
 				Attempt:        1,
+				Committed:      txn.CommitTime,
 				Done:           txn.Done,
 			})
 			if err != nil {
@@ -495,11 +519,47 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 	return nil
 }
 
+// payload builds the body's data (and previous) for this change's events
+// with the table's payload expression. One that fails to evaluate falls back
+// to the row's columns, filtered as configured: a change is never dropped for
+// its shape.
+func (c *consumer) payload(table string, in *acl.Input) {
+	data, err := c.rules.Payload(table, in)
+	if err != nil {
+		c.log.Warn("payload expression failed; sending the row's columns", "table", table, "err", err)
+		return
+	}
+	var prev []byte
+	if in.Op == change.Update && in.Old != nil {
+		old := *in
+		old.New = in.Old
+		if prev, err = c.rules.Payload(table, &old); err != nil {
+			prev = nil
+		}
+	}
+	for i := range c.events {
+		c.events[i].Data, c.events[i].Previous = data, prev
+	}
+}
+
 // judge decides, once per owner of the matched subscriptions, whether the
 // owner may see the row (allowed) and, for updates with an old row, the old
 // row too (allowedOld; nil when there is no old row to show). Owners are
 // loaded in one batch; an owner that cannot be found sees nothing.
-func (c *consumer) judge(ctx context.Context, table string, ch *change.Change, in *acl.Input) error {
+func (c *consumer) judge(ctx context.Context, table string, ch *change.Change, input func() *acl.Input) error {
+	if c.allowed == nil {
+		c.allowed = map[string]bool{}
+	}
+	if c.rules.AlwaysAllows(table) {
+		// acl: "true": no owner to load, no row to bind.
+		clear(c.allowed)
+		for _, s := range c.matched {
+			c.allowed[s.Owner] = true
+		}
+		c.allowedOld = nil
+		return nil
+	}
+	in := input()
 	c.ownerIDs = c.ownerIDs[:0]
 	for _, s := range c.matched {
 		c.ownerIDs = append(c.ownerIDs, s.Owner)
@@ -509,11 +569,9 @@ func (c *consumer) judge(ctx context.Context, table string, ch *change.Change, i
 		return fmt.Errorf("load owners: %w", err)
 	}
 	c.ownersFound = owners
-	if c.allowed == nil {
-		c.allowed = map[string]bool{}
-	}
 	if failed, err := c.rules.AllowMany(table, in, owners, c.allowed); failed > 0 {
 		c.log.Debug("acl rule failed; denied", "table", table, "owners", failed, "err", err)
+		c.metrics.RuleErrors.WithLabelValues(metrics.RuleACL).Add(float64(failed))
 	}
 	c.allowedOld = nil
 	if ch.Op == change.Update && in.Old != nil {
