@@ -15,6 +15,8 @@ type Dialect struct {
 	Method    string
 	UserAgent string
 	Header    http.Header // extra headers, canonicalised
+	// RateLimit caps requests per second to one target URL; 0 is no cap.
+	RateLimit float64
 }
 
 // Dialects builds the dialects of a config; "default" and "zapier" always exist.
@@ -22,7 +24,7 @@ func Dialects(cfg *mapping.Config, version string) map[string]*Dialect {
 	out := map[string]*Dialect{}
 	ua := "walhook/" + version
 	for name, dc := range cfg.Dialects {
-		d := &Dialect{Name: name, Body: dc.Body, Method: dc.Method, UserAgent: dc.UserAgent, Header: http.Header{}}
+		d := &Dialect{Name: name, Body: dc.Body, Method: dc.Method, UserAgent: dc.UserAgent, Header: http.Header{}, RateLimit: dc.RateLimit}
 		if d.Body == "" {
 			d.Body = mapping.BodyEnvelope
 		}
@@ -40,6 +42,9 @@ func Dialects(cfg *mapping.Config, version string) map[string]*Dialect {
 	for name, body := range map[string]string{mapping.DialectDefault: mapping.BodyEnvelope, mapping.DialectZapier: mapping.BodyRow} {
 		if out[name] == nil {
 			out[name] = &Dialect{Name: name, Body: body, Method: mapping.DefaultMethod, UserAgent: ua, Header: http.Header{}}
+			if name == mapping.DialectZapier {
+				out[name].RateLimit = mapping.ZapierRateLimit
+			}
 		}
 	}
 	return out

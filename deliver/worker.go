@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sourcegraph/conc"
+	"golang.org/x/time/rate"
 )
 
 // Defaults applied by New.
@@ -66,6 +67,9 @@ type Request struct {
 	// Key is the signing key decoded from the subscription's secret; nil
 	// sends no signature.
 	Key []byte
+	// RateLimit caps requests per second to this request's URL (the
+	// dialect's rate_limit); 0 is no cap.
+	RateLimit float64
 	// PrevKey is the key of the secret walhook.rotate_secret() replaced,
 	// while it still signs alongside Key; nil otherwise.
 	PrevKey []byte
@@ -116,6 +120,8 @@ type Worker struct {
 
 	mu    sync.Mutex
 	hosts map[string]*hostQueue // guarded by mu; an idle host is removed
+	// limiters pace target URLs with a rate limit; guarded by mu.
+	limiters map[string]*rate.Limiter
 
 	wg conc.WaitGroup
 }
@@ -169,12 +175,13 @@ func newWorker(cfg Config, logger *slog.Logger) *Worker {
 			AllowCIDRs: cfg.AllowCIDRs, MaxPerHost: cfg.MaxPerHost})
 	}
 	return &Worker{
-		cfg:    cfg,
-		log:    logger.With("component", "deliver"),
-		client: client,
-		admit:  make(chan struct{}, cfg.MaxQueued),
-		slots:  make(chan struct{}, cfg.MaxInFlight),
-		hosts:  map[string]*hostQueue{},
+		cfg:      cfg,
+		log:      logger.With("component", "deliver"),
+		client:   client,
+		admit:    make(chan struct{}, cfg.MaxQueued),
+		slots:    make(chan struct{}, cfg.MaxInFlight),
+		hosts:    map[string]*hostQueue{},
+		limiters: map[string]*rate.Limiter{},
 	}
 }
 
@@ -235,6 +242,10 @@ func (w *Worker) runHost(dest string, h *hostQueue) {
 		w.mu.Unlock()
 
 		var o Outcome
+		if err := w.pace(j.ctx, j.r); err != nil {
+			w.finish(j.ctx, j.r, Outcome{Err: err})
+			continue
+		}
 		select {
 		case w.slots <- struct{}{}:
 			h.inflight.Add(1)
@@ -246,6 +257,29 @@ func (w *Worker) runHost(dest string, h *hostQueue) {
 		}
 		w.finish(j.ctx, j.r, o)
 	}
+}
+
+// maxLimiters bounds the per-URL rate limiters kept; past it they start
+// afresh, which at worst lets one burst through.
+const maxLimiters = 10_000
+
+// pace waits until r's target URL may take another request under its rate
+// limit. It holds the destination's place meanwhile, not a global slot.
+func (w *Worker) pace(ctx context.Context, r *Request) error {
+	if r.RateLimit <= 0 {
+		return nil
+	}
+	w.mu.Lock()
+	lim := w.limiters[r.URL]
+	if lim == nil || lim.Limit() != rate.Limit(r.RateLimit) {
+		if len(w.limiters) >= maxLimiters {
+			clear(w.limiters)
+		}
+		lim = rate.NewLimiter(rate.Limit(r.RateLimit), max(1, int(r.RateLimit)))
+		w.limiters[r.URL] = lim
+	}
+	w.mu.Unlock()
+	return lim.Wait(ctx)
 }
 
 // finish hands the outcome on and gives back the delivery's admission.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -274,5 +275,48 @@ func TestWorkerTargetKey(t *testing.T) {
 				t.Fatalf("target(%s) = %q, want %q", tc.url, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestWorkerRateLimitsPerTarget: a rate-limited target gets its requests no
+// faster than its limit, while another URL on the same host is not held to
+// it. The bound checked is a lower one (the limiter can only make things
+// slower), so a slow machine cannot make it fail.
+func TestWorkerRateLimitsPerTarget(t *testing.T) {
+	t.Parallel()
+	srv := newFastServer(t)
+	var mu sync.Mutex
+	arrivals := map[string][]time.Time{}
+	w := newTestWorker(t, Config{AllowHTTP: true, AllowPrivate: true, MaxPerHost: 4}, func(r *Request, o Outcome) {
+		if !o.Succeeded() {
+			t.Errorf("%s: %+v", r.URL, o)
+		}
+		mu.Lock()
+		arrivals[r.URL] = append(arrivals[r.URL], time.Now())
+		mu.Unlock()
+	})
+	// A limit allows a burst of one second's worth, then paces: 15 requests
+	// at 10/s take at least half a second from first to last.
+	const n, perSecond = 15, 10.0
+	for i := range n {
+		for _, u := range []string{srv.URL + "/limited", srv.URL + "/free"} {
+			r := &Request{URL: u, Method: http.MethodPost, EventID: fmt.Sprint(u, i)}
+			if strings.HasSuffix(u, "/limited") {
+				r.RateLimit = perSecond
+			}
+			if err := w.Submit(t.Context(), r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	w.Wait()
+	lim := arrivals[srv.URL+"/limited"]
+	if len(lim) != n || len(arrivals[srv.URL+"/free"]) != n {
+		t.Fatalf("recorded %d limited and %d free, want %d each", len(lim), len(arrivals[srv.URL+"/free"]), n)
+	}
+	slices.SortFunc(lim, func(a, b time.Time) int { return a.Compare(b) })
+	minSpan := time.Duration(float64(n-int(perSecond)) / perSecond * float64(time.Second))
+	if span := lim[n-1].Sub(lim[0]); span < minSpan*9/10 {
+		t.Fatalf("%d requests at %v/s spanned %v, want at least %v", n, perSecond, span, minSpan)
 	}
 }

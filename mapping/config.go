@@ -28,6 +28,9 @@ const (
 const (
 	DialectDefault = "default" // envelope body
 	DialectZapier  = "zapier"  // row body
+	// ZapierRateLimit is the zapier dialect's default requests per second
+	// to one hook URL.
+	ZapierRateLimit = 30
 )
 
 // Body shapes a dialect can send.
@@ -144,6 +147,8 @@ type DialectConfig struct {
 	Method  string // POST or PUT
 	// UserAgent replaces walhook/<version> when set.
 	UserAgent string
+	// RateLimit caps requests per second to one target URL; 0 is no cap.
+	RateLimit float64
 	Line      int // 0 for a built-in dialect the config does not mention
 }
 
@@ -267,7 +272,8 @@ func (p *parser) config(cfg *Config, root *yaml.Node) {
 	}
 	cfg.Dialects = map[string]*DialectConfig{
 		DialectDefault: {Body: BodyEnvelope, Method: DefaultMethod},
-		DialectZapier:  {Body: BodyRow, Method: DefaultMethod},
+		// Zapier takes about 30 requests a second per hook URL.
+		DialectZapier: {Body: BodyRow, Method: DefaultMethod, RateLimit: ZapierRateLimit},
 	}
 	if root == nil {
 		return
@@ -479,7 +485,7 @@ func (p *parser) dialects(dialects map[string]*DialectConfig, v *yaml.Node) {
 			dialects[name] = d
 		}
 		d.Line = k.Line
-		p.fields(v, path, []string{"body", "headers", "method", "user_agent"}, func(key string, k, v *yaml.Node) {
+		p.fields(v, path, []string{"body", "headers", "method", "user_agent", "rate_limit"}, func(key string, k, v *yaml.Node) {
 			f := path + "." + key
 			switch key {
 			case "body":
@@ -507,6 +513,13 @@ func (p *parser) dialects(dialects map[string]*DialectConfig, v *yaml.Node) {
 				}
 			case "headers":
 				d.Headers = p.headers(v, f)
+			case "rate_limit":
+				var r float64
+				if err := v.Decode(&r); err != nil || r < 0 || r > 1e6 {
+					p.add(v.Line, f, fmt.Sprintf("want requests per second to one target, a number from 0 (no limit) to 1000000, got %s", describe(v)))
+				} else {
+					d.RateLimit = r
+				}
 			}
 		})
 	})

@@ -101,7 +101,7 @@ func TestParseDefaults(t *testing.T) {
 	}
 	wantDialects := map[string]*DialectConfig{
 		"default": {Body: "envelope", Method: "POST"},
-		"zapier":  {Body: "row", Method: "POST"},
+		"zapier":  {Body: "row", Method: "POST", RateLimit: ZapierRateLimit},
 	}
 	if !reflect.DeepEqual(cfg.Dialects, wantDialects) {
 		t.Fatalf("Dialects = %v, want %v", cfg.Dialects, wantDialects)
@@ -151,7 +151,7 @@ func TestParseSettings(t *testing.T) {
 			check: func(t *testing.T, cfg *Config) {
 				want := map[string]*DialectConfig{
 					"default": {Body: "envelope", Method: "POST", UserAgent: "acme-hooks/1.0", Line: 6},
-					"zapier":  {Body: "row", Method: "POST", Headers: map[string]string{"X-Source": "walhook"}, Line: 8},
+					"zapier":  {Body: "row", Method: "POST", RateLimit: ZapierRateLimit, Headers: map[string]string{"X-Source": "walhook"}, Line: 8},
 					"slack":   {Body: "row", Method: "PUT", Headers: map[string]string{"X-Team": "ops", "Authorization": "Bearer abc"}, Line: 10},
 				}
 				if !reflect.DeepEqual(cfg.Dialects, want) {
@@ -261,6 +261,7 @@ func TestLoadBadFiles(t *testing.T) {
 			`13: dialects.slack.headers.Webhook-Signature: header Webhook-Signature is reserved: walhook sets it from the subscription's secret`,
 			"14: dialects.slack.headers.Bad Header: invalid header name \"Bad Header\" (want an HTTP token: letters, digits and !#$%&'*+-.^_`|~)",
 			`15: dialects.slack.headers.user-agent: header user-agent is reserved: set the dialect's user_agent instead`,
+			`17: dialects.zapier.rate_limit: want requests per second to one target, a number from 0 (no limit) to 1000000, got "fast"`,
 		}},
 		{"bad-derived.yaml", []string{
 			`6: tables[0].events[0].name: invalid event name "paid" (want noun.verb in lower-case letters, digits and _, e.g. order.paid)`,

@@ -507,6 +507,7 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 				Body:           body,
 				Key:            key,
 				PrevKey:        prevKey,
+				RateLimit:      d.RateLimit,
 				Attempt:        1,
 				Committed:      txn.CommitTime,
 				Done:           txn.Done,
