@@ -145,6 +145,12 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
+	// Only the identity is taken from IDENTIFY_SYSTEM, never its position:
+	// the stream resumes from the slot's own.
+	ident, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("identify system: %w", err)
+	}
 	err = pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, s.cfg.Start, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{
 			"proto_version '1'",
@@ -161,7 +167,7 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 	}
 	s.log.Info("streaming", "lsn", s.cfg.Start.String(), "publication", s.cfg.Publication)
 
-	r := &reader{s: s, conn: conn, out: out, rels: relations{}}
+	r := &reader{s: s, conn: conn, out: out, rels: relations{}, source: ident.SystemID + "/" + ident.DBName}
 	err = r.loop(ctx)
 	// A last status so the server keeps what was finished; the connection may
 	// be gone already, in which case there is nothing to tell.
@@ -176,6 +182,7 @@ type reader struct {
 	conn       *pgconn.PgConn
 	out        chan<- Message
 	rels       relations
+	source     string // change.Tx.Source of every transaction
 	cur        *Txn
 	seq        uint32
 	nextStatus time.Time
@@ -299,7 +306,7 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 	}
 	switch m := m.(type) {
 	case *pglogrepl.BeginMessage:
-		r.cur = r.s.tracker.open(change.Tx{XID: m.Xid, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime})
+		r.cur = r.s.tracker.open(change.Tx{Source: r.source, XID: m.Xid, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime})
 		r.seq = 0
 	case *pglogrepl.CommitMessage:
 		if r.cur == nil {

@@ -140,14 +140,14 @@ func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
 	}
 	if name := t.events[ch.Op]; name != "" {
 		dst = append(dst, Event{
-			ID:     EventID(uint64(ch.Tx.CommitLSN), ch.Seq, name),
+			ID:     EventID(ch.Tx.Source, uint64(ch.Tx.CommitLSN), ch.Seq, name),
 			Name:   name,
 			Table:  t,
 			Change: ch,
 		})
 	}
 	// TODO(cel): derived events. For each e in t.derivedOn[ch.Op], in config
-	// order, append Event{ID: EventID(lsn, seq, e.Name), Name: e.Name, ...}
+	// order, append Event{ID: EventID(source, lsn, seq, e.Name), Name: e.Name, ...}
 	// when e.When (compiled by the CEL package, with new, old, row, op, table
 	// and site bound) is true; a condition that fails to evaluate produces no
 	// event. The ids stay distinct from the standard event's because the name
@@ -156,18 +156,23 @@ func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
 }
 
 // EventID returns the id of the event name produced by the change at seq in
-// the transaction committed at commitLSN. It is deterministic, so a change
-// replayed after a restart gets the same id and receivers can deduplicate.
-// The id is formatted as a UUID (version 8, RFC 9562 variant) built from
-// SHA-256 over commitLSN (uint64 big-endian), seq (uint32 big-endian) and
-// name.
+// the transaction committed at commitLSN in the database source. It is
+// deterministic, so a change replayed after a restart gets the same id and
+// receivers can deduplicate; source (change.Tx.Source: the cluster's system
+// identifier and the database name) keeps two databases whose LSNs happen to
+// match from sending one receiver the same id for different events. The id
+// is formatted as a UUID (version 8, RFC 9562 variant) built from SHA-256
+// over len(source) (uint16 big-endian), source, commitLSN (uint64
+// big-endian), seq (uint32 big-endian) and name.
 //
 // commitLSN is a bare uint64, not pglogrepl.LSN, to keep the signature free
 // of the replication client's types; pass uint64(tx.CommitLSN).
-func EventID(commitLSN uint64, seq uint32, name string) string {
+func EventID(source string, commitLSN uint64, seq uint32, name string) string {
 	// Hash from a stack buffer: names are short, so this does not allocate.
-	var buf [128]byte
-	in := binary.BigEndian.AppendUint64(buf[:0], commitLSN)
+	var buf [192]byte
+	in := binary.BigEndian.AppendUint16(buf[:0], uint16(len(source)))
+	in = append(in, source...)
+	in = binary.BigEndian.AppendUint64(in, commitLSN)
 	in = binary.BigEndian.AppendUint32(in, seq)
 	in = append(in, name...)
 	sum := sha256.Sum256(in)

@@ -36,7 +36,7 @@ var (
 	unchanged = change.Datum{Kind: change.Unchanged}
 )
 
-var testTx = &change.Tx{XID: 700, CommitLSN: pglogrepl.LSN(0x16B3748), EndLSN: pglogrepl.LSN(0x16B3778), CommitTime: time.Unix(1700000000, 0)}
+var testTx = &change.Tx{Source: "7319845236418901234/shop", XID: 700, CommitLSN: pglogrepl.LSN(0x16B3748), EndLSN: pglogrepl.LSN(0x16B3778), CommitTime: time.Unix(1700000000, 0)}
 
 func mustMapper(tb testing.TB, yaml string) *Mapper {
 	tb.Helper()
@@ -120,7 +120,7 @@ func TestMap(t *testing.T) {
 			var names []string
 			for _, e := range got[1:] {
 				names = append(names, e.Name)
-				if want := EventID(uint64(testTx.CommitLSN), 3, e.Name); e.ID != want {
+				if want := EventID(testTx.Source, uint64(testTx.CommitLSN), 3, e.Name); e.ID != want {
 					t.Fatalf("Map() id = %s, want EventID() = %s", e.ID, want)
 				}
 				if e.Change != ch || e.Table == nil || e.Table.Name != "public.orders" {
@@ -371,32 +371,36 @@ var uuidV8 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-
 func TestEventID(t *testing.T) {
 	// Pinned: ids must not change between releases, or a replay after an
 	// upgrade would look like new events to receivers.
-	const golden = "123699c2-11dd-84fd-a898-112d74826dcb" // computed independently in Python
-	got := EventID(0x16B3748, 0, "order.created")
-	if got != EventID(0x16B3748, 0, "order.created") {
+	const golden = "5a6e5e1b-c268-81a2-9fb5-08b7b1a4c125" // computed independently in Python
+	got := EventID("7319845236418901234/shop", 0x16B3748, 0, "order.created")
+	if got != EventID("7319845236418901234/shop", 0x16B3748, 0, "order.created") {
 		t.Fatalf("EventID() is not deterministic")
 	}
 	if got != golden {
-		t.Fatalf("EventID(0x16B3748, 0, order.created) = %s, want %s", got, golden)
+		t.Fatalf("EventID(7319845236418901234/shop, 0x16B3748, 0, order.created) = %s, want %s", got, golden)
 	}
 	tests := []struct {
 		name string
+		src  string
 		lsn  uint64
 		seq  uint32
 		ev   string
 	}{
-		{"base", 0x16B3748, 0, "order.created"},
-		{"next lsn", 0x16B3749, 0, "order.created"},
-		{"next seq", 0x16B3748, 1, "order.created"},
-		{"other event", 0x16B3748, 0, "order.paid"},
-		{"lsn and seq bytes do not run together", 0x16B3748 << 8, 0, "order.created"},
-		{"zero", 0, 0, ""},
-		{"long name", 1, 1, strings.Repeat("order.x", 40)},
+		{"base", "a/shop", 0x16B3748, 0, "order.created"},
+		{"other database", "a/shop2", 0x16B3748, 0, "order.created"},
+		{"other cluster", "b/shop", 0x16B3748, 0, "order.created"},
+		{"next lsn", "a/shop", 0x16B3749, 0, "order.created"},
+		{"next seq", "a/shop", 0x16B3748, 1, "order.created"},
+		{"other event", "a/shop", 0x16B3748, 0, "order.paid"},
+		{"lsn and seq bytes do not run together", "a/shop", 0x16B3748 << 8, 0, "order.created"},
+		{"source and lsn do not run together", "a/sho", 0x16B3748, 0, "order.created"},
+		{"zero", "", 0, 0, ""},
+		{"long name", "a/shop", 1, 1, strings.Repeat("order.x", 40)},
 	}
 	seen := map[string]string{}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			id := EventID(tc.lsn, tc.seq, tc.ev)
+			id := EventID(tc.src, tc.lsn, tc.seq, tc.ev)
 			if !uuidV8.MatchString(id) {
 				t.Fatalf("EventID() = %s, want a version 8 UUID", id)
 			}

@@ -432,7 +432,7 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 		}
 		if ok {
 			c.events = append(c.events, mapping.Event{
-				ID: mapping.EventID(uint64(ch.Tx.CommitLSN), ch.Seq, d.Name), Name: d.Name, Table: t, Change: ch})
+				ID: mapping.EventID(ch.Tx.Source, uint64(ch.Tx.CommitLSN), ch.Seq, d.Name), Name: d.Name, Table: t, Change: ch})
 		}
 	}
 	c.metrics.EventsProduced.Add(float64(len(c.events)))

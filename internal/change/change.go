@@ -103,6 +103,9 @@ type Change struct {
 // Tx describes the transaction of a change. It is known complete only at commit,
 // but CommitLSN and CommitTime are sent in BEGIN, so they are set from the start.
 type Tx struct {
+	// Source identifies the database: the cluster's system identifier and
+	// the database name, "7261…/shop". Event ids include it.
+	Source     string
 	XID        uint32
 	CommitLSN  pglogrepl.LSN // the LSN of the commit record
 	EndLSN     pglogrepl.LSN // the end of the commit record: what is acknowledged
