@@ -54,6 +54,8 @@ func lead(soft, hard context.Context, sc serviceConfig, state *serviceState, fn 
 	const pollEvery = time.Second
 	key := leaderLockKey(sc.Slot)
 	announced := false
+	var standby *standbyWork
+	defer func() { standby.stop() }()
 	for {
 		conn, err := pgx.Connect(hard, sc.DatabaseURL)
 		if err != nil {
@@ -65,6 +67,10 @@ func lead(soft, hard context.Context, sc serviceConfig, state *serviceState, fn 
 			return fmt.Errorf("take the leader lock: %w", err)
 		}
 		if got {
+			// The leader runs its own queue; the standby's must end first so
+			// one process never claims with two.
+			standby.stop()
+			standby = nil
 			state.role.Store(roleLeader)
 			log.Info("leading", "slot", sc.Slot)
 			err := holdWhile(soft, hard, conn, sc.HeartbeatInterval, log, fn)
@@ -75,8 +81,11 @@ func lead(soft, hard context.Context, sc serviceConfig, state *serviceState, fn 
 		conn.Close(context.WithoutCancel(hard))
 		state.role.Store(roleStandby)
 		if !announced {
-			log.Info("standing by: another walhook leads this slot", "slot", sc.Slot)
+			log.Info("standing by: another walhook leads this slot; working the retry queue meanwhile", "slot", sc.Slot)
 			announced = true
+		}
+		if standby == nil {
+			standby = startStandbyWork(hard, sc)
 		}
 		select {
 		case <-time.After(pollEvery):
