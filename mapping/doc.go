@@ -29,6 +29,6 @@
 //     column filters are cached by *change.Relation, so the stream must treat a
 //     Relation as immutable once handed out and send a new one on DDL.
 //   - Derived events (TableConfig.Events) are parsed, validated and listed by
-//     Events, but Map does not produce them until their CEL `when` is compiled
-//     by the package that owns CEL; see the TODO(cel) in Map.
+//     Events; Map does not produce them: their CEL `when` is evaluated by the
+//     pipeline with package acl (see Table.Derived).
 package mapping

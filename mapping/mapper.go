@@ -146,12 +146,10 @@ func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
 			Change: ch,
 		})
 	}
-	// TODO(cel): derived events. For each e in t.derivedOn[ch.Op], in config
-	// order, append Event{ID: EventID(source, lsn, seq, e.Name), Name: e.Name, ...}
-	// when e.When (compiled by the CEL package, with new, old, row, op, table
-	// and site bound) is true; a condition that fails to evaluate produces no
-	// event. The ids stay distinct from the standard event's because the name
-	// is hashed in.
+	// Derived events are the caller's: their `when` is CEL, compiled by
+	// package acl, which imports this package and so cannot be called from
+	// it. The pipeline appends them with the same EventID, the name keeping
+	// their ids apart from the standard event's.
 	return dst
 }
 

@@ -422,7 +422,7 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 		return in
 	}
 	for _, d := range t.Derived {
-		if opName(ch.Op) != d.On {
+		if ch.Op.String() != d.On {
 			continue
 		}
 		ok, err := c.rules.When(d.Name, input())
@@ -640,5 +640,3 @@ func (c *consumer) removeOwner(ctx context.Context, ch *change.Change) error {
 	}
 	return nil
 }
-
-func opName(op change.Op) string { return op.String() }
