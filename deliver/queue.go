@@ -32,6 +32,9 @@ type QueueConfig struct {
 	Lease time.Duration
 	// Name identifies this process in walhook.deliveries.locked_by.
 	Name string
+	// Dialects are the running config's; a queued request of a known
+	// dialect is sent with its current headers, user agent and rate limit.
+	Dialects map[string]*Dialect
 }
 
 // Queue sends the deliveries waiting in walhook.deliveries when they come
@@ -81,6 +84,7 @@ type queued struct {
 	id                            int64
 	sub, eventID, event, url, mth string
 	headers                       []byte
+	dialect                       string
 	body                          []byte
 	attempt                       int
 	secret, prevSecret            *string
@@ -182,7 +186,7 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 			FROM due, walhook.subscriptions s
 			WHERE d.id = due.id AND s.id = d.subscription_id
 			RETURNING d.id, d.subscription_id::text, d.event_id, d.event, d.target_url, d.method,
-				d.headers, d.body, d.attempt, s.secret,
+				d.headers, d.body, d.attempt, coalesce(d.dialect, ''), s.secret,
 				CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END`,
 			q.cfg.ClaimBatch, q.cfg.Lease.Milliseconds(), q.cfg.Name)
 		if err != nil {
@@ -190,7 +194,7 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 		}
 		var d queued
 		_, err = pgx.ForEachRow(rows, []any{&d.id, &d.sub, &d.eventID, &d.event, &d.url, &d.mth,
-			&d.headers, &d.body, &d.attempt, &d.secret, &d.prevSecret}, func() error {
+			&d.headers, &d.body, &d.attempt, &d.dialect, &d.secret, &d.prevSecret}, func() error {
 			out = append(out, d)
 			d = queued{}
 			return nil
@@ -246,7 +250,7 @@ func (q *Queue) request(d queued) *Request {
 			}
 		}
 	}
-	return &Request{
+	r := &Request{
 		SubscriptionID: d.sub,
 		EventID:        d.eventID,
 		Event:          d.event,
@@ -258,5 +262,11 @@ func (q *Queue) request(d queued) *Request {
 		Key:            key,
 		PrevKey:        prev,
 		Attempt:        d.attempt + 1,
+		Dialect:        d.dialect,
 	}
+	if dl := q.cfg.Dialects[d.dialect]; dl != nil {
+		// The stored headers lack credentials; the dialect has them.
+		r.Header, r.UserAgent, r.RateLimit = dl.Header, dl.UserAgent, dl.RateLimit
+	}
+	return r
 }

@@ -234,7 +234,8 @@ func (rc *recorder) run(ctx context.Context) error {
 }
 
 var attemptColumns = []string{"subscription_id", "event_id", "event", "attempt", "status", "response_status",
-	"response_excerpt", "error", "target_url", "request_method", "request_headers", "request_body", "duration_ms"}
+	"response_excerpt", "error", "target_url", "request_method", "request_headers", "request_body", "duration_ms",
+	"request_dialect"}
 
 // subTally is what one batch did to one subscription's failure count.
 type subTally struct {
@@ -293,11 +294,11 @@ func (rc *recorder) write(ctx context.Context, batch []record) error {
 		}
 		if len(newQ.sub) > 0 {
 			if _, err := tx.Exec(ctx, `INSERT INTO walhook.deliveries
-				(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at)
-				SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond'
-				FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[])
-					AS q(s, e, ev, u, m, h, b, n, d)`,
-				newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS); err != nil {
+				(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect)
+				SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond', nullif(dl, '')
+				FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[], $10::text[])
+					AS q(s, e, ev, u, m, h, b, n, d, dl)`,
+				newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS, newQ.dialect); err != nil {
 				return err
 			}
 		}
@@ -416,6 +417,7 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 // queueRows are first attempts to queue for a retry, as column arrays.
 type queueRows struct {
 	sub, eventID, event, url, method []string
+	dialect                          []string // "" stored as NULL
 	headers                          [][]byte
 	body                             [][]byte
 	attempt                          []int32
@@ -429,6 +431,7 @@ func (q *queueRows) add(r *Request, delay time.Duration) {
 	q.url = append(q.url, r.URL)
 	q.method = append(q.method, methodOf(r))
 	q.headers = append(q.headers, storedHeaders(r.Header))
+	q.dialect = append(q.dialect, r.Dialect)
 	body := r.Body
 	if body == nil {
 		body = []byte{} // the column is NOT NULL; an empty body is still a body
@@ -436,6 +439,14 @@ func (q *queueRows) add(r *Request, delay time.Duration) {
 	q.body = append(q.body, body)
 	q.attempt = append(q.attempt, int32(max(r.Attempt, 1)))
 	q.delayMS = append(q.delayMS, delay.Milliseconds())
+}
+
+// dialectOf is the request's dialect for the database: NULL when unknown.
+func dialectOf(r *Request) any {
+	if r.Dialect == "" {
+		return nil
+	}
+	return r.Dialect
 }
 
 func methodOf(r *Request) string {
@@ -463,7 +474,8 @@ func attemptRow(r *Request, o Outcome) []any {
 		excerpt = validUTF8(o.Excerpt)
 	}
 	return []any{r.SubscriptionID, r.EventID, r.Event, max(r.Attempt, 1), status, respStatus,
-		excerpt, errText, r.URL, methodOf(r), storedHeaders(r.Header), r.Body, int32(o.Duration / time.Millisecond)}
+		excerpt, errText, r.URL, methodOf(r), storedHeaders(r.Header), r.Body, int32(o.Duration / time.Millisecond),
+		dialectOf(r)}
 }
 
 // newestPerSubscription returns the records of batch to write as attempt
@@ -522,6 +534,7 @@ func (rc *recorder) insertAttempts(ctx context.Context, tx pgx.Tx, batch []recor
 		respStatus                               = make([]*int32, n)
 		excerpt, errText                         = make([]*string, n), make([]*string, n)
 		headers, body                            = make([][]byte, n), make([][]byte, n)
+		dialect                                  = make([]*string, n)
 	)
 	for i, rec := range batch {
 		row := attemptRow(rec.r, rec.o)
@@ -542,12 +555,15 @@ func (rc *recorder) insertAttempts(ctx context.Context, tx pgx.Tx, batch []recor
 		headers[i], _ = row[10].([]byte)
 		body[i], _ = row[11].([]byte)
 		duration[i] = row[12].(int32)
+		if v, ok := row[13].(string); ok {
+			dialect[i] = &v
+		}
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO walhook.attempts (subscription_id, event_id, event, attempt, status, response_status,
-			response_excerpt, error, target_url, request_method, request_headers, request_body, duration_ms)
+			response_excerpt, error, target_url, request_method, request_headers, request_body, duration_ms, request_dialect)
 		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], $7::text[], $8::text[],
-			$9::text[], $10::text[], $11::jsonb[], $12::bytea[], $13::int[])`,
-		sub, eventID, event, attempt, status, respStatus, excerpt, errText, url, method, headers, body, duration)
+			$9::text[], $10::text[], $11::jsonb[], $12::bytea[], $13::int[], $14::text[])`,
+		sub, eventID, event, attempt, status, respStatus, excerpt, errText, url, method, headers, body, duration, dialect)
 	return err
 }
 

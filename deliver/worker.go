@@ -67,6 +67,10 @@ type Request struct {
 	// Key is the signing key decoded from the subscription's secret; nil
 	// sends no signature.
 	Key []byte
+	// Dialect names the dialect the request was built by; a retry takes the
+	// dialect's headers from the running config, since the stored ones leave
+	// credentials out.
+	Dialect string
 	// RateLimit caps requests per second to this request's URL (the
 	// dialect's rate_limit); 0 is no cap.
 	RateLimit float64

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 const dialectConfig = `
@@ -50,5 +54,56 @@ func TestDialectShapesTheRequest(t *testing.T) {
 		if d.Header.Get("webhook-id") == "" || d.Header.Get("Content-Type") != "application/json" {
 			t.Fatalf("%s lacks the standard headers: %v", d.Path, d.Header)
 		}
+	}
+}
+
+// TestCredentialHeaderKeptForRetryNeverStored: a dialect's Authorization
+// header goes out on the first attempt and on the retry from the queue, yet
+// never lands in walhook.attempts or walhook.deliveries.
+func TestCredentialHeaderKeptForRetryNeverStored(t *testing.T) {
+	t.Parallel()
+	cfg := `
+tables:
+  - table: public.customers
+    noun: customer
+    acl: "true"
+delivery:
+  retry: [0s, 200ms, 200ms]
+dialects:
+  crm:
+    headers: {Authorization: Bearer s3cret-token, X-Team: core}
+`
+	e := newEnv(t, cfg)
+	var calls atomic.Int32
+	e.recv.status = func(*http.Request) int {
+		if calls.Add(1) == 1 {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	}
+	e.subscribe("customer.created", "/crm", "/", "crm")
+	e.start()
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'x')`)
+	got := e.recv.wait(t, "/crm", 2)
+	for i, d := range got[:2] {
+		if d.Header.Get("Authorization") != "Bearer s3cret-token" || d.Header.Get("X-Team") != "core" {
+			t.Fatalf("attempt %d headers: Authorization %q X-Team %q", i+1, d.Header.Get("Authorization"), d.Header.Get("X-Team"))
+		}
+	}
+	waitFor(t, 10*time.Second, "both attempts recorded", func() bool {
+		var n int
+		err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts`).Scan(&n)
+		return err == nil && n == 2
+	})
+	var leaked int
+	err := e.conn.QueryRow(context.Background(), `SELECT
+		(SELECT count(*) FROM walhook.attempts WHERE request_headers::text ILIKE '%s3cret%' OR request_headers::text ILIKE '%authorization%')
+		+ (SELECT count(*) FROM walhook.deliveries WHERE headers::text ILIKE '%s3cret%')`).Scan(&leaked)
+	if err != nil || leaked != 0 {
+		t.Fatalf("stored rows carrying the credential: %d (%v), want 0", leaked, err)
+	}
+	var dialect string
+	if err := e.conn.QueryRow(context.Background(), `SELECT DISTINCT request_dialect FROM walhook.attempts`).Scan(&dialect); err != nil || dialect != "crm" {
+		t.Fatalf("request_dialect = %q, %v; want crm", dialect, err)
 	}
 }

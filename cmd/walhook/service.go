@@ -167,6 +167,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		Retry:     deliver.RetryPolicy{Schedule: d.Retry, History: d.History},
 		Timeout:   d.Timeout,
 		UserAgent: "walhook/" + version,
+		Dialects:  deliver.Dialects(sc.Config, version),
 	}, db, worker, log)
 
 	// The pipeline's own context: cancelled when a stage fails, so the
@@ -508,6 +509,7 @@ func (c *consumer) dispatch(ctx context.Context, txn *cdc.Txn, ch *change.Change
 				Key:            key,
 				PrevKey:        prevKey,
 				RateLimit:      d.RateLimit,
+				Dialect:        d.Name,
 				Attempt:        1,
 				Committed:      txn.CommitTime,
 				Done:           txn.Done,

@@ -73,6 +73,7 @@ func runQueueOnly(ctx context.Context, sc serviceConfig) error {
 		Retry:     deliver.RetryPolicy{Schedule: d.Retry, History: d.History},
 		Timeout:   d.Timeout,
 		UserAgent: "walhook/" + version,
+		Dialects:  deliver.Dialects(sc.Config, version),
 	}, db, worker, sc.Logger)
 
 	// The attempts outlive the claiming: they run under work, which ends
