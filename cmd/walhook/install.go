@@ -232,6 +232,56 @@ func loadConfigRules(path string) (*mapping.Config, *mapping.Mapper, *acl.Rules,
 	return cfg, m, rules, nil
 }
 
+// checkInstalled refuses to run with a config the database was not installed
+// for: a mapped table missing from the publication would produce nothing,
+// silently, and an event missing from walhook.events cannot be subscribed to.
+func checkInstalled(ctx context.Context, dsn, publication string, mapper *mapping.Mapper) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	v, err := schema.Version(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if v == 0 {
+		return errors.New("walhook is not installed in this database: run walhook install with this config")
+	}
+	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
+	if err != nil {
+		return fmt.Errorf("read publication %q: %w", publication, err)
+	}
+	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read publication %q: %w", publication, err)
+	}
+	var missing []string
+	for _, t := range mapper.Tables() {
+		if !slices.Contains(published, t) {
+			missing = append(missing, t)
+		}
+	}
+	rows, err = conn.Query(ctx, `SELECT name FROM walhook.events`)
+	if err != nil {
+		return fmt.Errorf("read walhook.events: %w", err)
+	}
+	events, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read walhook.events: %w", err)
+	}
+	for _, e := range mapper.Events() {
+		if !slices.Contains(events, e.Name) {
+			missing = append(missing, "event "+e.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
+			strings.Join(missing, ", "))
+	}
+	return nil
+}
+
 // checkCatalog checks the config's tables and columns against the database.
 func checkCatalog(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) error {
 	var names []string

@@ -82,6 +82,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		wg.Go(func() { _ = srv.Serve(srv.listener) })
 	}
 
+	if err := checkInstalled(hard, c.DatabaseURL, c.Publication, mapper); err != nil {
+		return err
+	}
 	log.Info("walhook starting", "version", version, "slot", c.Slot, "publication", c.Publication, "tables", len(cfg.Tables))
 	err = serve(soft, hard, serviceConfig{
 		DatabaseURL:     c.DatabaseURL,

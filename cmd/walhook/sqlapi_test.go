@@ -159,3 +159,18 @@ func TestCheckCommand(t *testing.T) {
 		})
 	}
 }
+
+func TestRunRefusesAConfigNotInstalled(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	newer := strings.Replace(string(demoConfig), "  - table: public.customers", "  - table: public.audit_log\n    noun: audit\n    acl: 'true'\n  - table: public.customers", 1)
+	path := filepath.Join(t.TempDir(), "newer.yaml")
+	if err := os.WriteFile(path, []byte(newer), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"run", "--database-url", e.dsn, "--config", path, "--slot", e.slot, "--listen", ""}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "not installed: public.audit_log, event audit.created") {
+		t.Fatalf("run with a newer config = %v, want it refused naming what is not installed", err)
+	}
+}
