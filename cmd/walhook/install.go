@@ -232,6 +232,12 @@ func loadConfigRules(path string) (*mapping.Config, *mapping.Mapper, *acl.Rules,
 	return cfg, m, rules, nil
 }
 
+// installMismatch is checkInstalled's verdict that the database does not
+// match the config, as opposed to a failure to ask.
+type installMismatch string
+
+func (e installMismatch) Error() string { return string(e) }
+
 // checkInstalled refuses to run with a config the database was not installed
 // for: a mapped table missing from the publication would produce nothing,
 // silently, and an event missing from walhook.events cannot be subscribed to.
@@ -246,7 +252,7 @@ func checkInstalled(ctx context.Context, dsn, publication string, mapper *mappin
 		return err
 	}
 	if v == 0 {
-		return errors.New("walhook is not installed in this database: run walhook install with this config")
+		return installMismatch("walhook is not installed in this database: run walhook install with this config")
 	}
 	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
@@ -276,8 +282,8 @@ func checkInstalled(ctx context.Context, dsn, publication string, mapper *mappin
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
-			strings.Join(missing, ", "))
+		return installMismatch(fmt.Sprintf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
+			strings.Join(missing, ", ")))
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 
 	"fmt"
 	"io"
@@ -83,7 +84,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	if err := checkInstalled(hard, c.DatabaseURL, c.Publication, mapper); err != nil {
-		return err
+		var mismatch installMismatch
+		if errors.As(err, &mismatch) {
+			return err
+		}
+		// PostgreSQL may be restarting: the pipeline retries the connection,
+		// and checks the slot when it gets one.
+		log.Warn("could not check the installation; starting anyway", "err", err)
 	}
 	log.Info("walhook starting", "version", version, "slot", c.Slot, "publication", c.Publication, "tables", len(cfg.Tables))
 	err = serve(soft, hard, serviceConfig{
