@@ -211,6 +211,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		}
 	})
 	wg.Go(func() { sampleMetrics(recCtx, sc, db, stream.Tracker(), worker) })
+	wg.Go(func() { pruneLog(recCtx, db, sc.Slot, log) })
 	var stages conc.WaitGroup
 	stages.Go(func() {
 		streamErr = stream.Run(readCtx, msgs)
@@ -277,6 +278,36 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 		}
 	}
 	return nil
+}
+
+// pruneLogEvery is how often a long-running leader trims the subscription
+// log; a start trims it too.
+const pruneLogEvery = 10 * time.Minute
+
+// pruneLog keeps walhook.subscription_log from growing with every
+// subscription change a long-running process applies. It prunes only up to
+// the slot's confirmed LSN as the server has it — the point a restart loads
+// as of — not this process's newer view of it.
+func pruneLog(ctx context.Context, db *pgxpool.Pool, slot string, log *slog.Logger) {
+	t := time.NewTicker(pruneLogEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := withConn(ctx, db, func(conn *pgx.Conn) error {
+			si, err := cdc.Slot(ctx, conn, slot)
+			if err != nil {
+				return err
+			}
+			return subs.Prune(ctx, db, si.ConfirmedFlush)
+		})
+		if err != nil && ctx.Err() == nil {
+			log.Warn("prune the subscription log; trying again later", "err", err)
+		}
+	}
 }
 
 // advanceSlot is the last status update after the stream closed: it moves the

@@ -49,14 +49,24 @@ func Load(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (*Index, err
 	if err != nil {
 		return nil, fmt.Errorf("load subscriptions as of %s: %w", lsn, err)
 	}
-	_, err = db.Exec(ctx, `
+	if err := Prune(ctx, db, lsn); err != nil {
+		return nil, err
+	}
+	return ix, nil
+}
+
+// Prune deletes the log entries no start can need again: those superseded
+// at or before lsn, which must be at or before the slot's confirmed LSN (a
+// start never loads as of an earlier point).
+func Prune(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) error {
+	_, err := db.Exec(ctx, `
 		DELETE FROM walhook.subscription_log l USING (
 			SELECT id, max(lsn) AS lsn FROM walhook.subscription_log WHERE lsn <= $1::text::pg_lsn GROUP BY id) k
 		WHERE l.id = k.id AND (l.lsn < k.lsn OR (l.lsn = k.lsn AND l.deleted))`, lsn.String())
 	if err != nil {
-		return nil, fmt.Errorf("prune subscription log: %w", err)
+		return fmt.Errorf("prune subscription log: %w", err)
 	}
-	return ix, nil
+	return nil
 }
 
 // WriteLog records the entries of one transaction at its end LSN. Writing the
