@@ -85,6 +85,7 @@ type queued struct {
 	sub, eventID, event, url, mth string
 	headers                       []byte
 	dialect                       string
+	committed                     *time.Time
 	body                          []byte
 	attempt                       int
 	secret, prevSecret            *string
@@ -186,7 +187,7 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 			FROM due, walhook.subscriptions s
 			WHERE d.id = due.id AND s.id = d.subscription_id
 			RETURNING d.id, d.subscription_id::text, d.event_id, d.event, d.target_url, d.method,
-				d.headers, d.body, d.attempt, coalesce(d.dialect, ''), s.secret,
+				d.headers, d.body, d.attempt, coalesce(d.dialect, ''), d.committed_at, s.secret,
 				CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END`,
 			q.cfg.ClaimBatch, q.cfg.Lease.Milliseconds(), q.cfg.Name)
 		if err != nil {
@@ -194,7 +195,7 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 		}
 		var d queued
 		_, err = pgx.ForEachRow(rows, []any{&d.id, &d.sub, &d.eventID, &d.event, &d.url, &d.mth,
-			&d.headers, &d.body, &d.attempt, &d.dialect, &d.secret, &d.prevSecret}, func() error {
+			&d.headers, &d.body, &d.attempt, &d.dialect, &d.committed, &d.secret, &d.prevSecret}, func() error {
 			out = append(out, d)
 			d = queued{}
 			return nil
@@ -263,6 +264,9 @@ func (q *Queue) request(d queued) *Request {
 		PrevKey:        prev,
 		Attempt:        d.attempt + 1,
 		Dialect:        d.dialect,
+	}
+	if d.committed != nil {
+		r.Committed = *d.committed
 	}
 	if dl := q.cfg.Dialects[d.dialect]; dl != nil {
 		// The stored headers lack credentials; the dialect has them.

@@ -294,11 +294,13 @@ func (rc *recorder) write(ctx context.Context, batch []record) error {
 		}
 		if len(newQ.sub) > 0 {
 			if _, err := tx.Exec(ctx, `INSERT INTO walhook.deliveries
-				(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect)
-				SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond', nullif(dl, '')
-				FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[], $10::text[])
-					AS q(s, e, ev, u, m, h, b, n, d, dl)`,
-				newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS, newQ.dialect); err != nil {
+				(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect, committed_at)
+				SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond', nullif(dl, ''), c
+				FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[],
+					$10::text[], $11::timestamptz[])
+					AS q(s, e, ev, u, m, h, b, n, d, dl, c)`,
+				newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS,
+				newQ.dialect, newQ.committed); err != nil {
 				return err
 			}
 		}
@@ -418,6 +420,7 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 type queueRows struct {
 	sub, eventID, event, url, method []string
 	dialect                          []string // "" stored as NULL
+	committed                        []*time.Time
 	headers                          [][]byte
 	body                             [][]byte
 	attempt                          []int32
@@ -432,6 +435,12 @@ func (q *queueRows) add(r *Request, delay time.Duration) {
 	q.method = append(q.method, methodOf(r))
 	q.headers = append(q.headers, storedHeaders(r.Header))
 	q.dialect = append(q.dialect, r.Dialect)
+	var c *time.Time
+	if !r.Committed.IsZero() {
+		t := r.Committed
+		c = &t
+	}
+	q.committed = append(q.committed, c)
 	body := r.Body
 	if body == nil {
 		body = []byte{} // the column is NOT NULL; an empty body is still a body

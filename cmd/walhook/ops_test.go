@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,4 +255,28 @@ func TestStatusJSON(t *testing.T) {
 			t.Errorf("status text has no %q:\n%s", want, out.String())
 		}
 	}
+}
+
+// TestLatencyCountsRetries: a delivery that succeeds only on its retry from
+// the queue is timed from its commit too.
+func TestLatencyCountsRetries(t *testing.T) {
+	t.Parallel()
+	cfg := strings.Replace(string(demoConfig), "retry: [0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h]", "retry: [0s, 200ms]", 1)
+	e := newEnv(t, cfg)
+	var calls atomic.Int32
+	e.recv.status = func(*http.Request) int {
+		if calls.Add(1) == 1 {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	}
+	e.subscribe("customer.created", "/c")
+	m := metrics.New(version)
+	base := startHTTP(t, newServiceState(), m)
+	e.start(func(sc *serviceConfig) { sc.Metrics = m })
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'retried')`)
+	e.recv.wait(t, "/c", 2)
+	waitFor(t, 30*time.Second, "the retry's latency to be observed", func() bool {
+		return scrape(t, base+"/metrics")["walhook_delivery_latency_seconds_count"] == 1
+	})
 }

@@ -89,7 +89,7 @@ func New(version string) *Metrics {
 			Help: "Delivery attempts recorded, by what they led to: succeeded, retried (queued for another attempt), failed (schedule used up) or deactivated (410 Gone)."},
 			[]string{"outcome"}),
 		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "delivery_latency_seconds",
-			Help: "From the commit of a change to the 2xx answer to its first attempt.", Buckets: LatencyBuckets}),
+			Help: "From the commit of a change to the 2xx answer to it, retries included.", Buckets: LatencyBuckets}),
 		ACLDenials: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "acl_denials_total",
 			Help: "Matching subscriptions not sent an event because the acl rule denied their owner (or the owner does not exist)."}),
 		RuleErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "rule_errors_total",
