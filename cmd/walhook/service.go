@@ -366,16 +366,37 @@ type consumer struct {
 // run consumes until stop ends; deliveries use work, which outlives stop so
 // that they can finish during a drain.
 func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) error {
+	inTx := false
 	for {
 		select {
 		case <-stop.Done():
-			return nil
+			return c.finishTx(work, msgs, inTx)
 		case m := <-msgs:
 			if err := c.handle(work, m); err != nil {
 				return err
 			}
+			inTx = m.Kind != cdc.KindCommit
 		}
 	}
+}
+
+// finishTx runs on stop: a transaction whose commit is already buffered is
+// finished, so that a graceful stop does not leave it to be sent again after
+// the restart. The stream has stopped, so nothing more arrives; a commit not
+// yet received leaves the transaction unacknowledged, and it is replayed.
+func (c *consumer) finishTx(work context.Context, msgs <-chan cdc.Message, inTx bool) error {
+	for inTx {
+		select {
+		case m := <-msgs:
+			if err := c.handle(work, m); err != nil {
+				return err
+			}
+			inTx = m.Kind != cdc.KindCommit
+		default:
+			return nil
+		}
+	}
+	return nil
 }
 
 func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
