@@ -174,3 +174,35 @@ func TestRunRefusesAConfigNotInstalled(t *testing.T) {
 		t.Fatalf("run with a newer config = %v, want it refused naming what is not installed", err)
 	}
 }
+
+func TestUninstall(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	ctx := context.Background()
+	var out, errOut bytes.Buffer
+	if err := run(ctx, []string{"uninstall", "--database-url", e.dsn, "--slot", e.slot}, &out, &errOut); err != nil {
+		t.Fatalf("uninstall: %v (%s)", err, errOut.String())
+	}
+	var slots, pubs int
+	var schemaLeft bool
+	query := func() {
+		t.Helper()
+		err := e.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1),
+			(SELECT count(*) FROM pg_publication WHERE pubname = 'walhook'),
+			to_regnamespace('walhook') IS NOT NULL`, e.slot).Scan(&slots, &pubs, &schemaLeft)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	query()
+	if slots != 0 || pubs != 0 || !schemaLeft {
+		t.Fatalf("after uninstall: slots %d, publications %d, schema kept %v; want 0, 0, true", slots, pubs, schemaLeft)
+	}
+	if err := run(ctx, []string{"uninstall", "--database-url", e.dsn, "--slot", e.slot, "--drop-schema"}, &out, &errOut); err != nil {
+		t.Fatalf("uninstall --drop-schema: %v", err)
+	}
+	query()
+	if schemaLeft {
+		t.Fatal("schema walhook still there after --drop-schema")
+	}
+}
