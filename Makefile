@@ -16,8 +16,12 @@ lint: ## gofmt and go vet
 bench: ## run the Go benchmarks
 	go test -run '^$$' -bench . -benchmem ./...
 
-fuzz: ## fuzz the value encoders for a minute
-	go test -run '^$$' -fuzz FuzzEncode -fuzztime 60s ./internal/change/
+fuzz: ## fuzz each decoder and parser for 30 seconds
+	go test -run '^$$' -fuzz FuzzEncode -fuzztime 30s ./internal/change/
+	go test -run '^$$' -fuzz FuzzDecodeRowChange -fuzztime 30s ./cdc/
+	go test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./mapping/
+	go test -run '^$$' -fuzz FuzzConvert -fuzztime 30s ./acl/
+	go test -run '^$$' -fuzz FuzzParseRetryAfter -fuzztime 30s ./deliver/
 
 demo: ## run the end-to-end demo on a throwaway PostgreSQL
 	go run ./cmd/walhook demo
