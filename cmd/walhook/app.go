@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -155,11 +156,21 @@ func (fs *flagSet) parse(args []string, needDB bool) error {
 	if needDB && fs.c.DatabaseURL == "" {
 		return usageError{"no database: give --database-url, WALHOOK_DATABASE_URL or DATABASE_URL"}
 	}
+	for _, n := range []struct{ flag, value string }{{"slot", fs.c.Slot}, {"publication", fs.c.Publication}} {
+		if fs.Lookup(n.flag) != nil && !nameRE.MatchString(n.value) {
+			return usageError{fmt.Sprintf("--%s %q: want 1 to 63 lower-case letters, digits and _ (PostgreSQL's rule for slot names)", n.flag, n.value)}
+		}
+	}
 	if f := fs.c.LogFormat; f != "" && f != "text" && f != "json" {
 		return usageError{fmt.Sprintf("--log-format: %q is not text or json", f)}
 	}
 	return nil
 }
+
+// nameRE is what slot and publication names may be. PostgreSQL allows no
+// more for slots; publications are held to the same so that the names can
+// go into replication commands without quoting.
+var nameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
 // newLogger builds the logger; LOG_LEVEL (debug, info, warn, error) sets the level.
 func newLogger(w io.Writer, format string) *slog.Logger {

@@ -206,3 +206,17 @@ func TestUninstall(t *testing.T) {
 		t.Fatal("schema walhook still there after --drop-schema")
 	}
 }
+
+func TestFlagsRefuseBadNames(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"status", "--database-url", "postgres://x/y", "--slot", "Bad-Slot"},
+		{"install", "--database-url", "postgres://x/y", "--publication", "pub'); DROP"},
+	} {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), args, &out, &errOut)
+		if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "lower-case letters, digits and _") {
+			t.Fatalf("run(%q) = %v (exit %d), want a usage error naming the rule", args, err, exitCode(err))
+		}
+	}
+}
