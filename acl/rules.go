@@ -166,7 +166,7 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 				}
 				continue
 			}
-			ru.field, ru.table, ru.tval, ru.on = field, t.Table, types.String(t.Table), opOf(e.On)
+			ru.field, ru.table, ru.tval, ru.on = field, t.Table, types.String(t.Table), change.ParseOp(e.On)
 			if first, dup := seenEvent[e.Name]; dup {
 				add(e.Line, path+".events["+strconv.Itoa(j)+"].name", fmt.Sprintf("event %s is already defined by %s", e.Name, first))
 				continue
@@ -198,18 +198,6 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 		return nil, errs
 	}
 	return r, nil
-}
-
-func opOf(s string) change.Op {
-	switch s {
-	case "insert":
-		return change.Insert
-	case "update":
-		return change.Update
-	case "delete":
-		return change.Delete
-	}
-	return 0
 }
 
 // envs builds the two CEL environments once per process: building one

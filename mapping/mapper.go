@@ -93,7 +93,7 @@ func New(cfg *Config) (*Mapper, error) {
 			}
 		}
 		for _, e := range tc.Events {
-			op := opOf(e.On)
+			op := change.ParseOp(e.On)
 			t.derivedOn[op] = append(t.derivedOn[op], e)
 			m.events = append(m.events, EventInfo{Name: e.Name, Table: t.Name, Op: e.On, Derived: true})
 		}
@@ -311,18 +311,6 @@ func (t *Table) filterFor(rel *change.Relation) *relFilter {
 	}
 	t.filter.Store(f)
 	return f
-}
-
-func opOf(s string) change.Op {
-	switch s {
-	case "insert":
-		return change.Insert
-	case "update":
-		return change.Update
-	case "delete":
-		return change.Delete
-	}
-	return 0
 }
 
 func setOf(list []string) map[string]bool {

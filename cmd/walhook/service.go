@@ -151,23 +151,7 @@ func serveOnce(soft, hard context.Context, sc serviceConfig) error {
 	if err != nil {
 		return err
 	}
-	d := sc.Config.Delivery
-	worker := deliver.New(deliver.Config{
-		MaxInFlight:  d.MaxInFlight,
-		MaxPerHost:   d.MaxPerHost,
-		Timeout:      d.Timeout,
-		AllowHTTP:    sc.AllowHTTP,
-		AllowPrivate: sc.AllowPrivate,
-		AllowCIDRs:   sc.AllowCIDRs,
-		Observer:     sc.Metrics,
-	}, db, log)
-	// Retries wait in walhook.deliveries; the queue sends them when due.
-	queue := deliver.NewQueue(deliver.QueueConfig{
-		Retry:     deliver.RetryPolicy{Schedule: d.Retry, History: d.History},
-		Timeout:   d.Timeout,
-		UserAgent: "walhook/" + version,
-		Dialects:  deliver.Dialects(sc.Config, version),
-	}, db, worker, log)
+	worker, queue := newDelivery(sc, db, log)
 
 	// The pipeline's own context: cancelled when a stage fails, so the
 	// others stop too.
@@ -307,6 +291,28 @@ func pruneLog(ctx context.Context, db *pgxpool.Pool, slot string, log *slog.Logg
 			log.Warn("prune the subscription log; trying again later", "err", err)
 		}
 	}
+}
+
+// newDelivery builds the worker that sends and records deliveries, and the
+// queue that feeds it the retries waiting in walhook.deliveries.
+func newDelivery(sc serviceConfig, db *pgxpool.Pool, log *slog.Logger) (*deliver.Worker, *deliver.Queue) {
+	d := sc.Config.Delivery
+	worker := deliver.New(deliver.Config{
+		MaxInFlight:  d.MaxInFlight,
+		MaxPerHost:   d.MaxPerHost,
+		Timeout:      d.Timeout,
+		AllowHTTP:    sc.AllowHTTP,
+		AllowPrivate: sc.AllowPrivate,
+		AllowCIDRs:   sc.AllowCIDRs,
+		Observer:     sc.Metrics,
+	}, db, log)
+	queue := deliver.NewQueue(deliver.QueueConfig{
+		Retry:     deliver.RetryPolicy{Schedule: d.Retry, History: d.History},
+		Timeout:   d.Timeout,
+		UserAgent: "walhook/" + version,
+		Dialects:  deliver.Dialects(sc.Config, version),
+	}, db, worker, log)
+	return worker, queue
 }
 
 // advanceSlot is the last status update after the stream closed: it moves the

@@ -7,8 +7,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sourcegraph/conc"
-
-	"github.com/walhook/walhook/deliver"
 )
 
 // standbyWork is what a process does while another leads the slot: it works
@@ -59,22 +57,8 @@ func runQueueOnly(ctx context.Context, sc serviceConfig) error {
 		return fmt.Errorf("open pool: %w", err)
 	}
 	defer db.Close()
+	worker, queue := newDelivery(sc, db, sc.Logger)
 	d := sc.Config.Delivery
-	worker := deliver.New(deliver.Config{
-		MaxInFlight:  d.MaxInFlight,
-		MaxPerHost:   d.MaxPerHost,
-		Timeout:      d.Timeout,
-		AllowHTTP:    sc.AllowHTTP,
-		AllowPrivate: sc.AllowPrivate,
-		AllowCIDRs:   sc.AllowCIDRs,
-		Observer:     sc.Metrics,
-	}, db, sc.Logger)
-	queue := deliver.NewQueue(deliver.QueueConfig{
-		Retry:     deliver.RetryPolicy{Schedule: d.Retry, History: d.History},
-		Timeout:   d.Timeout,
-		UserAgent: "walhook/" + version,
-		Dialects:  deliver.Dialects(sc.Config, version),
-	}, db, worker, sc.Logger)
 
 	// The attempts outlive the claiming: they run under work, which ends
 	// only after they are recorded.

@@ -30,6 +30,19 @@ func (o Op) String() string {
 	return "unknown"
 }
 
+// ParseOp returns the Op named s ("insert", "update", "delete"), or 0.
+func ParseOp(s string) Op {
+	switch s {
+	case "insert":
+		return Insert
+	case "update":
+		return Update
+	case "delete":
+		return Delete
+	}
+	return 0
+}
+
 // Kind tells how a column's value was sent.
 type Kind uint8
 
