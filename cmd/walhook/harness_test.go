@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -267,6 +269,38 @@ func (r *receiver) deliveries(path string) []delivery {
 		}
 	}
 	return out
+}
+
+// waitRows waits until deliveries at path carry every one of the data ids
+// in rows (a row may arrive more than once: delivery is at least once), and
+// returns the distinct ids that arrived, sorted.
+func (r *receiver) waitRows(t *testing.T, path string, rows ...float64) []float64 {
+	t.Helper()
+	var got []float64
+	waitFor(t, 30*time.Second, fmt.Sprintf("rows %v at %s", rows, path), func() bool {
+		got = got[:0]
+		seen := map[float64]bool{}
+		for _, d := range r.deliveries(path) {
+			var env struct {
+				Data map[string]any `json:"data"`
+			}
+			if json.Unmarshal(d.Body, &env) != nil {
+				continue
+			}
+			if id, ok := env.Data["id"].(float64); ok && !seen[id] {
+				seen[id] = true
+				got = append(got, id)
+			}
+		}
+		for _, id := range rows {
+			if !seen[id] {
+				return false
+			}
+		}
+		return true
+	})
+	slices.Sort(got)
+	return got
 }
 
 // wait waits until n deliveries have arrived at path and returns them.
