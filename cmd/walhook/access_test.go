@@ -24,15 +24,22 @@ func dsnAs(t *testing.T, dsn, user string) string {
 	return u.String()
 }
 
+// roleName makes a role name for a test: roles are cluster-wide, so it is
+// derived from the test's own database, within PostgreSQL's 63 bytes.
+func roleName(prefix, slot string) string {
+	role := prefix + slot
+	if len(role) > 63 {
+		role = role[:63]
+	}
+	return role
+}
+
 // TestRunAsNonSuperuser installs with --run-role and runs walhook as a role
 // that has only REPLICATION and those grants.
 func TestRunAsNonSuperuser(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	role := "run_" + e.slot
-	if len(role) > 63 {
-		role = role[:63]
-	}
+	role := roleName("run_", e.slot)
 	e.exec(`CREATE ROLE ` + pgx.Identifier{role}.Sanitize() + ` LOGIN REPLICATION`)
 	t.Cleanup(func() {
 		_, _ = e.conn.Exec(context.Background(), `DROP OWNED BY `+pgx.Identifier{role}.Sanitize())
@@ -67,10 +74,7 @@ func TestRunAsNonSuperuser(t *testing.T) {
 func TestApplicationRoleSeesOnlyItsOwner(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	role := "app_" + e.slot
-	if len(role) > 63 {
-		role = role[:63]
-	}
+	role := roleName("app_", e.slot)
 	qr := pgx.Identifier{role}.Sanitize()
 	e.exec(`CREATE ROLE ` + qr + ` LOGIN IN ROLE walhook_app`)
 	t.Cleanup(func() { _, _ = e.conn.Exec(context.Background(), `DROP ROLE IF EXISTS `+qr) })

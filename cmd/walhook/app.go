@@ -172,6 +172,15 @@ func (fs *flagSet) parse(args []string, needDB bool) error {
 // go into replication commands without quoting.
 var nameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
+// quietLogger is the logger of demo and bench, whose own output is the
+// point: silent unless LOG_LEVEL asks for logs.
+func quietLogger(stderr io.Writer, format string) *slog.Logger {
+	if os.Getenv("LOG_LEVEL") != "" {
+		return newLogger(stderr, format)
+	}
+	return newLogger(io.Discard, format)
+}
+
 // newLogger builds the logger; LOG_LEVEL (debug, info, warn, error) sets the level.
 func newLogger(w io.Writer, format string) *slog.Logger {
 	var level slog.Level

@@ -99,10 +99,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := newLogger(io.Discard, c.LogFormat)
-	if os.Getenv("LOG_LEVEL") != "" {
-		log = newLogger(stderr, c.LogFormat)
-	}
+	log := quietLogger(stderr, c.LogFormat)
 	progress := stderr
 	if o.JSON {
 		progress = io.Discard

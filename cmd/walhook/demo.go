@@ -39,10 +39,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := newLogger(io.Discard, c.LogFormat)
-	if os.Getenv("LOG_LEVEL") != "" {
-		log = newLogger(stderr, c.LogFormat)
-	}
+	log := quietLogger(stderr, c.LogFormat)
 
 	fmt.Fprintln(stdout, "starting a throwaway PostgreSQL ...")
 	srv, err := pglocal.Start(ctx, pglocal.Options{})

@@ -39,6 +39,16 @@ func (r *receiver) setStatus(fn func(*http.Request) int) {
 	r.status = fn
 }
 
+// downUntil makes the receiver answer 503 until up is set, then 200.
+func (r *receiver) downUntil(up *atomic.Bool) {
+	r.setStatus(func(*http.Request) int {
+		if up.Load() {
+			return http.StatusOK
+		}
+		return http.StatusServiceUnavailable
+	})
+}
+
 // attemptRow is one row of walhook.attempts.
 type attemptRow struct {
 	ID       int64
@@ -266,12 +276,7 @@ func TestPendingRetrySurvivesRestart(t *testing.T) {
 	e := newEnv(t, retryConfig(t, "[0s, 1s, 1s, 1s, 1s, 1s, 1s, 1s]", 50))
 	sub := e.subscribe("customer.created", "/c")
 	var up atomic.Bool
-	e.recv.setStatus(func(*http.Request) int {
-		if up.Load() {
-			return http.StatusOK
-		}
-		return http.StatusServiceUnavailable
-	})
+	e.recv.downUntil(&up)
 	e.start()
 
 	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'Ada')`)
@@ -353,12 +358,7 @@ func TestInactiveSubscriptionParksRetries(t *testing.T) {
 	e := newEnv(t, retryConfig(t, "[0s, 200ms, 200ms, 200ms, 200ms, 200ms]", 50))
 	sub := e.subscribe("customer.created", "/c", "/", "zapier")
 	var up atomic.Bool
-	e.recv.setStatus(func(*http.Request) int {
-		if up.Load() {
-			return http.StatusOK
-		}
-		return http.StatusServiceUnavailable
-	})
+	e.recv.downUntil(&up)
 	e.start()
 
 	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'Ada')`)
