@@ -7,10 +7,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/walhook/walhook/internal/pglocal"
+	"github.com/walhook/walhook/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pglocal.Main(m) }
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func TestMigrationsAreNumberedInOrder(t *testing.T) {
 	migs, err := Migrations()
@@ -30,7 +30,7 @@ func TestMigrationsAreNumberedInOrder(t *testing.T) {
 func TestInstallAppliesOnceAndSyncs(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pglocal.NewDatabase(t))
+	conn, err := pgx.Connect(ctx, pgtest.NewDatabase(t))
 	if err != nil {
 		t.Fatal(err)
 	}

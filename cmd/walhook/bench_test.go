@@ -9,7 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/walhook/walhook/internal/pglocal"
+	"github.com/walhook/walhook/internal/pgtest"
 )
 
 // TestBench is a smoke test: a tiny bench run of each mode against the
@@ -61,7 +61,7 @@ func TestBench(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dsn := pglocal.NewDatabase(t)
+			dsn := pgtest.NewDatabase(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			var stdout, stderr bytes.Buffer

@@ -20,10 +20,10 @@ import (
 	"github.com/sourcegraph/conc"
 
 	"github.com/walhook/walhook/cdc"
-	"github.com/walhook/walhook/internal/pglocal"
+	"github.com/walhook/walhook/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pglocal.Main(m) }
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // env is one test's database, config, receiver and (when started) service.
 type env struct {
@@ -40,7 +40,7 @@ type env struct {
 // (the demo config when empty) and starts a receiver.
 func newEnv(t *testing.T, cfg string, schemaSQL ...string) *env {
 	t.Helper()
-	dsn := pglocal.NewDatabase(t)
+	dsn := pgtest.NewDatabase(t)
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {

@@ -51,6 +51,7 @@
 // slots, terminating any WAL sender that holds one, because a slot in use
 // blocks DROP DATABASE.
 //
-// pgtest.go holds helpers for tests of other packages (Main, SharedServer,
-// NewDatabase): one server per test binary, one fresh database per test.
+// Shared and StopShared keep one server per process; internal/pgtest turns
+// them into test helpers (one server per test binary, one fresh database per
+// test). This package imports no testing code.
 package pglocal

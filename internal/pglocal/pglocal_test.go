@@ -21,7 +21,22 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-func TestMain(m *testing.M) { Main(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	StopShared()
+	os.Exit(code)
+}
+
+// SharedServer is the shared server for these tests; internal/pgtest has
+// the same for other packages, but importing it here would be a cycle.
+func SharedServer(t *testing.T) *Server {
+	t.Helper()
+	srv, err := Shared()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return srv
+}
 
 // connect opens a connection that is closed when the test ends.
 func connect(t *testing.T, dsn string) *pgx.Conn {
@@ -147,7 +162,7 @@ func TestCreateDatabaseDistinctAndDroppable(t *testing.T) {
 	srv := SharedServer(t)
 	admin := connect(t, srv.URL())
 	ctx := t.Context()
-	names := []string{databaseName(t.Name()+"/a", 0), databaseName(t.Name()+"/b", 0)}
+	names := []string{DatabaseName(t.Name()+"/a", 0), DatabaseName(t.Name()+"/b", 0)}
 	dsns := make([]string, len(names))
 	for i, name := range names {
 		dsn, err := srv.CreateDatabase(ctx, name)
@@ -208,7 +223,14 @@ func TestCreateDatabaseDistinctAndDroppable(t *testing.T) {
 }
 
 func TestLogicalSlotPgoutput(t *testing.T) {
-	conn := connect(t, NewDatabase(t))
+	srv := SharedServer(t)
+	name := DatabaseName(t.Name(), 0)
+	dsn, err := srv.CreateDatabase(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.DropDatabase(context.WithoutCancel(t.Context()), name) })
+	conn := connect(t, dsn)
 	exec1(t, conn, "CREATE TABLE t (id int PRIMARY KEY, v text)")
 	exec1(t, conn, "CREATE PUBLICATION p FOR TABLE t")
 	exec1(t, conn, "SELECT pg_create_logical_replication_slot('pglocal_slot', 'pgoutput')")
@@ -254,7 +276,7 @@ func TestDropDatabaseWithSlots(t *testing.T) {
 	admin := connect(t, srv.URL())
 	for _, active := range []bool{false, true} {
 		t.Run(fmt.Sprintf("active=%v", active), func(t *testing.T) {
-			name := databaseName(t.Name(), 0)
+			name := DatabaseName(t.Name(), 0)
 			dsn, err := srv.CreateDatabase(t.Context(), name)
 			if err != nil {
 				t.Fatal(err)
@@ -307,32 +329,6 @@ func TestDropDatabaseWithSlots(t *testing.T) {
 	}
 }
 
-func TestNewDatabase(t *testing.T) {
-	srv := SharedServer(t)
-	admin := connect(t, srv.URL())
-	var inner []string
-	t.Run("inner", func(t *testing.T) {
-		for range 2 {
-			dsn := NewDatabase(t)
-			c := connect(t, dsn)
-			inner = append(inner, queryString(t, c, "SELECT current_database()"))
-		}
-		if inner[0] == inner[1] {
-			t.Fatalf("two NewDatabase calls gave the same database %q", inner[0])
-		}
-		for _, name := range inner {
-			if !strings.HasPrefix(name, "testnewdatabase_inner_") {
-				t.Errorf("database %q is not named after the test", name)
-			}
-		}
-	})
-	for _, name := range inner {
-		if dbExists(t, admin, name) {
-			t.Errorf("database %q outlived its test", name)
-		}
-	}
-}
-
 func TestDatabaseName(t *testing.T) {
 	valid := regexp.MustCompile(`^[a-z0-9_]{0,50}_[0-9a-f]{8}$`)
 	long := strings.Repeat("TestVeryLong/", 20)
@@ -349,19 +345,19 @@ func TestDatabaseName(t *testing.T) {
 	}
 	seen := map[string]string{}
 	for _, tc := range tests {
-		got := databaseName(tc.test, tc.seq)
+		got := DatabaseName(tc.test, tc.seq)
 		if !valid.MatchString(got) || !strings.HasPrefix(got, tc.wantPrefix) {
-			t.Errorf("databaseName(%q) = %q, want %s<8 hex digits> within [a-z0-9_]", tc.test, got, tc.wantPrefix)
+			t.Errorf("DatabaseName(%q) = %q, want %s<8 hex digits> within [a-z0-9_]", tc.test, got, tc.wantPrefix)
 		}
 		if prev, dup := seen[got]; dup {
-			t.Errorf("databaseName(%q) = databaseName(%q) = %q", tc.test, prev, got)
+			t.Errorf("DatabaseName(%q) = DatabaseName(%q) = %q", tc.test, prev, got)
 		}
 		seen[got] = tc.test
 	}
 	// Names that only differ past the cut, or only in seq, stay distinct.
 	pairs := [][2]string{
-		{databaseName(long+"a", 1), databaseName(long+"b", 1)},
-		{databaseName("TestFoo", 1), databaseName("TestFoo", 2)},
+		{DatabaseName(long+"a", 1), DatabaseName(long+"b", 1)},
+		{DatabaseName("TestFoo", 1), DatabaseName("TestFoo", 2)},
 	}
 	for _, p := range pairs {
 		if p[0] == p[1] {
@@ -468,7 +464,7 @@ func TestExternalServer(t *testing.T) {
 			if err := ext.Restart(t.Context(), "fast"); err == nil {
 				t.Errorf("Restart of an external server succeeded, want error")
 			}
-			name := databaseName(t.Name(), 0)
+			name := DatabaseName(t.Name(), 0)
 			dsn, err := ext.CreateDatabase(t.Context(), name)
 			if err != nil {
 				t.Fatal(err)

@@ -8,11 +8,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walhook/walhook/internal/pglocal"
+	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/schema"
 )
 
-func TestMain(m *testing.M) { pglocal.Main(m) }
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // TestLogLoadsAsOfAnLSN: the index loaded as of an LSN holds each
 // subscription as its newest entry at or before it; pruning up to that LSN
@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { pglocal.Main(m) }
 func TestLogLoadsAsOfAnLSN(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	dsn := pglocal.NewDatabase(t)
+	dsn := pgtest.NewDatabase(t)
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
