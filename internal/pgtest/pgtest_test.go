@@ -59,4 +59,3 @@ func TestNewDatabase(t *testing.T) {
 		}
 	}
 }
-
