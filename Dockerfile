@@ -13,7 +13,7 @@ RUN go mod download
 COPY . .
 ARG VERSION=dev
 RUN CGO_ENABLED=0 go build -trimpath -buildvcs=false \
-      -ldflags "-s -w -X main.version=${VERSION}" \
+      -ldflags "-s -w -X github.com/walhook/walhook.Version=${VERSION}" \
       -o /out/walhook ./cmd/walhook
 
 # distroless/static carries CA certificates and tzdata and nothing else; the

@@ -9,7 +9,7 @@ import (
 
 func TestTrackerLag(t *testing.T) {
 	t0 := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
-	tr := NewTracker(100)
+	tr := NewTracker(100, 0)
 	if got := tr.Lag(t0); got != 0 {
 		t.Fatalf("Lag() with nothing pending = %v, want 0", got)
 	}

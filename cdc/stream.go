@@ -21,6 +21,10 @@ const (
 	DefaultPublication     = "walhook"
 	DefaultStandbyInterval = 10 * time.Second
 	DefaultBuffer          = 1024
+	// DefaultMaxPending caps the transactions received and not yet
+	// acknowledged. Each holds its changes until its deliveries are
+	// recorded; past the cap the stream stops reading until some resolve.
+	DefaultMaxPending = 10_000
 )
 
 // SitePrefix is the logical message prefix walhook.set_site() emits.
@@ -53,6 +57,8 @@ type Config struct {
 	StandbyInterval time.Duration
 	// Observer is told what the stream decodes; nil for none.
 	Observer Observer
+	// MaxPending caps unacknowledged transactions (DefaultMaxPending).
+	MaxPending int
 }
 
 // Kind is the kind of a Message.
@@ -110,10 +116,13 @@ func New(cfg Config, logger *slog.Logger) (*Stream, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
 	return &Stream{
 		cfg:     cfg,
 		log:     logger.With("component", "cdc", "slot", cfg.Slot),
-		tracker: NewTracker(cfg.Start),
+		tracker: NewTracker(cfg.Start, cfg.MaxPending),
 	}, nil
 }
 
@@ -283,6 +292,28 @@ func (r *reader) emit(ctx context.Context, m Message) error {
 	}
 }
 
+// waitRoom waits while the tracker holds MaxPending unresolved
+// transactions, sending status updates meanwhile, like emit.
+func (r *reader) waitRoom(ctx context.Context) error {
+	for r.s.tracker.full() {
+		d := time.Until(r.nextStatus)
+		if d <= 0 {
+			if err := r.sendStatus(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		r.timer.Reset(d)
+		select {
+		case <-r.s.tracker.room:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.timer.C:
+		}
+	}
+	return nil
+}
+
 func (r *reader) handle(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
 		return nil
@@ -306,6 +337,9 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 	}
 	switch m := m.(type) {
 	case *pglogrepl.BeginMessage:
+		if err := r.waitRoom(ctx); err != nil {
+			return err
+		}
 		r.cur = r.s.tracker.open(change.Tx{Source: r.source, XID: m.Xid, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime})
 		r.seq = 0
 	case *pglogrepl.CommitMessage:

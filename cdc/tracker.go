@@ -43,6 +43,12 @@ func (t *Txn) Seal() {
 // Tracker keeps transactions in commit order and computes the LSN that may be
 // confirmed to the server.
 type Tracker struct {
+	// max caps len(pending); the stream waits for room before it opens
+	// another transaction. 0 is no cap.
+	max int
+	// room is signalled (never blocking) when a resolve shrinks pending.
+	room chan struct{}
+
 	mu        sync.Mutex
 	pending   []*Txn // in commit order; resolved ones are popped from the front
 	confirmed pglogrepl.LSN
@@ -51,9 +57,20 @@ type Tracker struct {
 	confirmedAt time.Time
 }
 
-// NewTracker starts tracking at the slot's confirmed LSN.
-func NewTracker(start pglogrepl.LSN) *Tracker {
-	return &Tracker{confirmed: start}
+// NewTracker starts tracking at the slot's confirmed LSN, holding at most
+// maxPending unresolved transactions (0 for no cap).
+func NewTracker(start pglogrepl.LSN, maxPending int) *Tracker {
+	return &Tracker{confirmed: start, max: maxPending, room: make(chan struct{}, 1)}
+}
+
+// full reports whether the pending list is at its cap.
+func (tr *Tracker) full() bool {
+	if tr.max <= 0 {
+		return false
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return len(tr.pending) >= tr.max
 }
 
 // open registers a transaction at BEGIN.
@@ -84,6 +101,10 @@ func (tr *Tracker) resolve(t *Txn) {
 	if n > 0 {
 		clear(tr.pending[:n])
 		tr.pending = tr.pending[n:]
+		select {
+		case tr.room <- struct{}{}:
+		default:
+		}
 	}
 }
 

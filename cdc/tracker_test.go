@@ -9,7 +9,7 @@ import (
 )
 
 func TestTrackerConfirmsOnlyResolvedPrefix(t *testing.T) {
-	tr := NewTracker(100)
+	tr := NewTracker(100, 0)
 	a := tr.open(change.Tx{})
 	b := tr.open(change.Tx{})
 	c := tr.open(change.Tx{})
@@ -45,7 +45,7 @@ func TestTrackerConfirmsOnlyResolvedPrefix(t *testing.T) {
 }
 
 func TestTrackerIdleWaitsForPending(t *testing.T) {
-	tr := NewTracker(100)
+	tr := NewTracker(100, 0)
 	x := tr.open(change.Tx{})
 	tr.idle(900)
 	if got := tr.Confirmed(); got != 100 {
@@ -59,7 +59,7 @@ func TestTrackerIdleWaitsForPending(t *testing.T) {
 }
 
 func TestTrackerUnsealedBlocks(t *testing.T) {
-	tr := NewTracker(10)
+	tr := NewTracker(10, 0)
 	x := tr.open(change.Tx{})
 	x.EndLSN = 20
 	x.Add(1)
@@ -70,5 +70,40 @@ func TestTrackerUnsealedBlocks(t *testing.T) {
 	x.Seal()
 	if got := tr.Confirmed(); got != 20 {
 		t.Fatalf("Confirmed() after Seal = %s, want 20", got)
+	}
+}
+
+func TestTrackerCap(t *testing.T) {
+	tr := NewTracker(10, 2)
+	a := tr.open(change.Tx{CommitLSN: 20, EndLSN: 21})
+	if tr.full() {
+		t.Fatal("full with 1 of 2 pending")
+	}
+	b := tr.open(change.Tx{CommitLSN: 30, EndLSN: 31})
+	if !tr.full() {
+		t.Fatal("not full with 2 of 2 pending")
+	}
+	b.EndLSN = 31
+	b.Seal() // resolved, but a is still pending before it
+	if !tr.full() {
+		t.Fatal("room made while the oldest is still pending")
+	}
+	select {
+	case <-tr.room:
+		t.Fatal("room signalled while nothing left the list")
+	default:
+	}
+	a.EndLSN = 21
+	a.Seal()
+	if tr.full() {
+		t.Fatal("still full after both resolved")
+	}
+	select {
+	case <-tr.room:
+	default:
+		t.Fatal("no room signal after the list shrank")
+	}
+	if got := tr.Confirmed(); got != 31 {
+		t.Fatalf("Confirmed() = %s, want 0/1F", got)
 	}
 }

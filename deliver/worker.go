@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sourcegraph/conc"
+	"github.com/walhook/walhook/internal/stage"
 	"golang.org/x/time/rate"
 )
 
@@ -128,6 +129,14 @@ type Worker struct {
 	limiters map[string]*rate.Limiter
 
 	wg conc.WaitGroup
+
+	// failed is closed when a delivery goroutine panicked; failure holds
+	// the panic. Run returns it, which stops the pipeline that owns the
+	// worker: the request that panicked is never recorded, so its change
+	// is not acknowledged and is delivered after the restart.
+	failOnce sync.Once
+	failed   chan struct{}
+	failure  error
 }
 
 // hostQueue is one destination's backlog. active counts runners, each of
@@ -186,13 +195,45 @@ func newWorker(cfg Config, logger *slog.Logger) *Worker {
 		slots:    make(chan struct{}, cfg.MaxInFlight),
 		hosts:    map[string]*hostQueue{},
 		limiters: map[string]*rate.Limiter{},
+		failed:   make(chan struct{}),
 	}
 }
 
-// Run records attempt outcomes until ctx ends. Deliveries still running then
-// are not recorded and so not acknowledged.
+// goSafe runs fn on a goroutine the worker waits for; a panic in it fails
+// the worker instead of crashing the process or hiding until Wait.
+func (w *Worker) goSafe(name string, fn func()) {
+	w.wg.Go(func() {
+		if err := stage.Run(name, func() error { fn(); return nil }); err != nil {
+			w.failOnce.Do(func() {
+				w.failure = err
+				close(w.failed)
+			})
+		}
+	})
+}
+
+// Run records attempt outcomes until ctx ends or a delivery goroutine
+// panics (then it returns the panic as a *stage.PanicError). Deliveries
+// still running then are not recorded and so not acknowledged.
 func (w *Worker) Run(ctx context.Context) error {
-	return w.rec.run(ctx)
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var watch conc.WaitGroup
+	defer watch.Wait()
+	done := make(chan struct{})
+	defer close(done)
+	watch.Go(func() {
+		select {
+		case <-w.failed:
+			cancel(w.failure)
+		case <-done:
+		}
+	})
+	err := w.rec.run(rctx)
+	if cause := context.Cause(rctx); stage.IsPanic(cause) {
+		return cause
+	}
+	return err
 }
 
 // Submit queues a delivery, blocking while MaxQueued are queued or running:
@@ -206,7 +247,7 @@ func (w *Worker) Submit(ctx context.Context, r *Request) error {
 	_, dest, err := w.target(r.URL)
 	if err != nil {
 		// Refused before any network: no destination queue to wait in.
-		w.wg.Go(func() { w.finish(ctx, r, Outcome{Err: err}) })
+		w.goSafe("deliver refused", func() { w.finish(ctx, r, Outcome{Err: err}) })
 		return nil
 	}
 	w.mu.Lock()
@@ -222,7 +263,7 @@ func (w *Worker) Submit(ctx context.Context, r *Request) error {
 	}
 	w.mu.Unlock()
 	if start {
-		w.wg.Go(func() { w.runHost(dest, h) })
+		w.goSafe("deliver "+dest, func() { w.runHost(dest, h) })
 	}
 	return nil
 }

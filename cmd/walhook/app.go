@@ -12,11 +12,9 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/walhook/walhook"
 	"github.com/walhook/walhook/cdc"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "0.1.0-dev"
 
 // usageError is a mistake in the command line; it exits 2.
 type usageError struct{ msg string }
@@ -70,7 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "bench":
 		return cmdBench(ctx, rest, stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "walhook", version)
+		fmt.Fprintln(stdout, "walhook", walhook.Version)
 		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

@@ -33,7 +33,7 @@ import (
 	"github.com/sourcegraph/conc"
 	"github.com/sourcegraph/conc/pool"
 
-	"github.com/walhook/walhook/acl"
+	"github.com/walhook/walhook"
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/pglocal"
 	"github.com/walhook/walhook/mapping"
@@ -247,8 +247,6 @@ type bench struct {
 	rawSlot  string
 	pub      string
 	cfg      *mapping.Config
-	mapper   *mapping.Mapper
-	rules    *acl.Rules
 	recv     *benchReceiver
 	hs       *http.Server
 	hsWG     conc.WaitGroup
@@ -319,11 +317,10 @@ func newBench(ctx context.Context, o benchOptions, log *slog.Logger, progress io
 	if err := os.WriteFile(path, []byte(benchConfig), 0o600); err != nil {
 		return nil, err
 	}
-	if b.cfg, b.mapper, b.rules, err = loadConfigRules(path); err != nil {
+	if b.cfg, err = mapping.Load(path); err != nil {
 		return nil, err
 	}
-	c := common{Slot: b.slot, Publication: b.pub, AllowHTTP: true, AllowPrivate: true}
-	if _, err := install(ctx, b.conn, c, b.cfg, b.mapper); err != nil {
+	if _, err := walhook.Install(ctx, b.conn, b.cfg, walhook.InstallOptions{Slot: b.slot, Publication: b.pub, AllowHTTP: true}); err != nil {
 		return nil, err
 	}
 
@@ -598,24 +595,29 @@ func (b *bench) recvlogical() (string, error) {
 
 // benchService is walhook running in this process.
 type benchService struct {
-	soft, hard context.CancelFunc
-	wg         conc.WaitGroup
-	done       chan struct{} // closed when serve returns
-	err        error         // serve's; read after done
-	once       sync.Once
+	svc  *walhook.Service
+	wg   conc.WaitGroup
+	done chan struct{} // closed when Run returns
+	err  error         // Run's; read after done
+	once sync.Once
 }
 
 func (b *bench) startService(ctx context.Context) *benchService {
-	hard, stopHard := context.WithCancel(ctx)
-	soft, stopSoft := context.WithCancel(hard)
-	s := &benchService{soft: stopSoft, hard: stopHard, done: make(chan struct{})}
+	s := &benchService{done: make(chan struct{})}
+	svc, err := walhook.New(walhook.Config{
+		DatabaseURL: b.dsn, Mapping: b.cfg, Slot: b.slot, Publication: b.pub,
+		AllowHTTP: true, AllowPrivateTargets: true, StandbyInterval: 250 * time.Millisecond,
+		ShutdownTimeout: 10 * time.Second,
+	}, b.log)
+	if err != nil {
+		s.err = err
+		close(s.done)
+		return s
+	}
+	s.svc = svc
 	s.wg.Go(func() {
 		defer close(s.done)
-		s.err = serve(soft, hard, serviceConfig{
-			DatabaseURL: b.dsn, Config: b.cfg, Mapper: b.mapper, Rules: b.rules, Slot: b.slot, Publication: b.pub,
-			AllowHTTP: true, AllowPrivate: true, StandbyInterval: 250 * time.Millisecond,
-			ShutdownTimeout: 10 * time.Second, Logger: b.log,
-		})
+		s.err = svc.Run(ctx)
 	})
 	return s
 }
@@ -623,9 +625,10 @@ func (b *bench) startService(ctx context.Context) *benchService {
 // stop drains and stops walhook; the second call only returns the error.
 func (s *benchService) stop() error {
 	s.once.Do(func() {
-		s.soft()
+		if s.svc != nil {
+			_ = s.svc.Stop(context.Background())
+		}
 		s.wg.Wait()
-		s.hard()
 	})
 	return s.err
 }

@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walhook/walhook"
+	"github.com/walhook/walhook/internal/demo"
+	"github.com/walhook/walhook/internal/e2e"
 	"github.com/walhook/walhook/internal/pglocal"
 )
 
@@ -116,21 +119,21 @@ func TestCrashLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, demoSchema); err != nil {
+	if _, err := conn.Exec(ctx, demo.Schema); err != nil {
 		t.Fatal(err)
 	}
 	cfgPath := filepath.Join(t.TempDir(), "walhook.yaml")
-	if err := os.WriteFile(cfgPath, demoConfig, 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, demo.Config, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, mapper, err := loadConfig(cfgPath)
+	cfg, _, err := loadConfig(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := install(ctx, conn, common{Slot: "crash", Publication: "walhook", AllowHTTP: true}, cfg, mapper); err != nil {
+	if _, err := walhook.Install(ctx, conn, cfg, walhook.InstallOptions{Slot: "crash", AllowHTTP: true}); err != nil {
 		t.Fatal(err)
 	}
-	recv := newReceiver(t)
+	recv := e2e.NewReceiver(t)
 	if _, err := conn.Exec(ctx, `SELECT walhook.subscribe('customer.created', $1, '1')`, recv.URL+"/c"); err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +169,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	}
 	kills := 0
 	write(0, txs/3)
-	recv.wait(t, "/c", 1)
+	recv.Wait(t, "/c", 1)
 	proc.kill(t)
 	kills++
 	write(txs/3, txs/2)
@@ -175,27 +178,27 @@ func TestCrashLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	write(txs/2, 2*txs/3)
-	waitFor(t, 60*time.Second, "deliveries to resume after the PostgreSQL restart", func() bool {
-		return len(recv.deliveries("/c")) >= rows/3
+	e2e.WaitFor(t, 60*time.Second, "deliveries to resume after the PostgreSQL restart", func() bool {
+		return len(recv.Deliveries("/c")) >= rows/3
 	})
 	proc.kill(t)
 	kills++
 	write(2*txs/3, txs)
 	proc = startProcess(t, dsn, cfgPath, "crash")
 
-	waitFor(t, 120*time.Second, fmt.Sprintf("all %d rows delivered", rows), func() bool {
+	e2e.WaitFor(t, 120*time.Second, fmt.Sprintf("all %d rows delivered", rows), func() bool {
 		seen := map[float64]bool{}
-		for _, d := range recv.deliveries("/c") {
-			env := d.envelope(t)
+		for _, d := range recv.Deliveries("/c") {
+			env := d.Envelope(t)
 			seen[env["data"].(map[string]any)["id"].(float64)] = true
 		}
 		return len(seen) == rows
 	})
 	ids := map[string]int{}
-	for _, d := range recv.deliveries("/c") {
+	for _, d := range recv.Deliveries("/c") {
 		ids[d.Header.Get("webhook-id")]++
 	}
-	dups := len(recv.deliveries("/c")) - len(ids)
+	dups := len(recv.Deliveries("/c")) - len(ids)
 	if len(ids) != rows {
 		t.Fatalf("distinct event ids = %d, want %d", len(ids), rows)
 	}
@@ -209,18 +212,18 @@ func TestCrashLosesNothing(t *testing.T) {
 func TestStandbyTakesOver(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	e.subscribe("customer.created", "/c")
-	leader := startProcess(t, e.dsn, e.cfgPath, e.slot)
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'first')`)
-	e.recv.wait(t, "/c", 1)
-	standby := startProcess(t, e.dsn, e.cfgPath, e.slot)
-	waitFor(t, 30*time.Second, "the second process to stand by", func() bool {
+	e.Subscribe("customer.created", "/c")
+	leader := startProcess(t, e.DSN, e.CfgPath, e.Slot)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'first')`)
+	e.Recv.Wait(t, "/c", 1)
+	standby := startProcess(t, e.DSN, e.CfgPath, e.Slot)
+	e2e.WaitFor(t, 30*time.Second, "the second process to stand by", func() bool {
 		b, _ := os.ReadFile(standby.out.Name())
 		return bytesContains(b, "standing by")
 	})
 	leader.kill(t)
 	for i := 2; i <= 20; i++ {
-		e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'after the leader died')`, i)
+		e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'after the leader died')`, i)
 	}
 	want := make([]float64, 20)
 	for i := range want {
@@ -228,7 +231,7 @@ func TestStandbyTakesOver(t *testing.T) {
 	}
 	// Row 1 may come twice (the killed leader may not have acknowledged
 	// it): what matters is that every row arrives.
-	if got := e.recv.waitRows(t, "/c", want...); len(got) != 20 {
+	if got := e.Recv.WaitRows(t, "/c", want...); len(got) != 20 {
 		t.Fatalf("distinct rows delivered = %v, want 1..20", got)
 	}
 	b, _ := os.ReadFile(standby.out.Name())
@@ -244,70 +247,34 @@ func bytesContains(b []byte, s string) bool { return strings.Contains(string(b),
 // SIGKILL.
 func TestPendingRetrySurvivesKill(t *testing.T) {
 	t.Parallel()
-	cfg := strings.Replace(string(demoConfig), "retry: [0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h]", "retry: [0s, 3s, 1s]", 1)
-	if cfg == string(demoConfig) {
+	cfg := strings.Replace(string(demo.Config), "retry: [0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h]", "retry: [0s, 3s, 1s]", 1)
+	if cfg == string(demo.Config) {
 		t.Fatal("demo config has no retry line to replace")
 	}
 	e := newEnv(t, cfg)
-	var mu sync.Mutex
-	up := false
-	e.recv.status = func(*http.Request) int {
-		mu.Lock()
-		defer mu.Unlock()
-		if up {
-			return http.StatusOK
-		}
-		return http.StatusServiceUnavailable
-	}
-	e.subscribe("customer.created", "/c")
-	proc := startProcess(t, e.dsn, e.cfgPath, e.slot)
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'retried across a kill')`)
-	waitFor(t, 30*time.Second, "the failed first attempt to be queued", func() bool {
+	var up atomic.Bool
+	e.Recv.DownUntil(&up)
+	e.Subscribe("customer.created", "/c")
+	proc := startProcess(t, e.DSN, e.CfgPath, e.Slot)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'retried across a kill')`)
+	e2e.WaitFor(t, 30*time.Second, "the failed first attempt to be queued", func() bool {
 		var n int
-		err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.deliveries`).Scan(&n)
+		err := e.Conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.deliveries`).Scan(&n)
 		return err == nil && n == 1
 	})
 	proc.kill(t)
-	mu.Lock()
-	up = true
-	mu.Unlock()
-	startProcess(t, e.dsn, e.cfgPath, e.slot)
-	waitFor(t, 60*time.Second, "the retry to succeed", func() bool {
+	up.Store(true)
+	startProcess(t, e.DSN, e.CfgPath, e.Slot)
+	e2e.WaitFor(t, 60*time.Second, "the retry to succeed", func() bool {
 		var n int
-		err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts WHERE status = 'succeeded'`).Scan(&n)
+		err := e.Conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts WHERE status = 'succeeded'`).Scan(&n)
 		return err == nil && n == 1
 	})
 	ids := map[string]bool{}
-	for _, d := range e.recv.deliveries("/c") {
+	for _, d := range e.Recv.Deliveries("/c") {
 		ids[d.Header.Get("webhook-id")] = true
 	}
 	if len(ids) != 1 {
 		t.Fatalf("deliveries carried %d event ids, want 1 (the retry keeps the id)", len(ids))
 	}
-}
-
-// TestStandbyWorksTheRetryQueue: while another process leads the slot, a
-// standby delivers what waits in the retry queue.
-func TestStandbyWorksTheRetryQueue(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, "")
-	id := e.subscribe("customer.created", "/q")
-	// The test's own session holds the leader lock, so the service below
-	// stands by.
-	var got bool
-	if err := e.conn.QueryRow(context.Background(), `SELECT pg_try_advisory_lock($1)`, leaderLockKey(e.slot)).Scan(&got); err != nil || !got {
-		t.Fatalf("take the leader lock: %v, %v", got, err)
-	}
-	e.start()
-	e.exec(`INSERT INTO walhook.deliveries (subscription_id, event_id, event, target_url, body)
-		VALUES ($1, 'evt-standby', 'customer.created', $2, '{"queued":true}')`, id, e.recv.URL+"/q")
-	d := e.recv.wait(t, "/q", 1)[0]
-	if d.Header.Get("webhook-id") != "evt-standby" || string(d.Body) != `{"queued":true}` {
-		t.Fatalf("standby delivered %s %s, want the queued request", d.Header.Get("webhook-id"), d.Body)
-	}
-	waitFor(t, 10*time.Second, "the queue row to be finished", func() bool {
-		var n int
-		err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.deliveries`).Scan(&n)
-		return err == nil && n == 0
-	})
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,14 +20,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/sourcegraph/conc"
 
+	"github.com/walhook/walhook"
+	"github.com/walhook/walhook/internal/demo"
 	"github.com/walhook/walhook/internal/pglocal"
 )
-
-//go:embed demo/schema.sql
-var demoSchema string
-
-//go:embed demo/walhook.yaml
-var demoConfig []byte
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c common
@@ -56,7 +51,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, demoSchema); err != nil {
+	if _, err := conn.Exec(ctx, demo.Schema); err != nil {
 		return fmt.Errorf("create demo schema: %w", err)
 	}
 
@@ -66,15 +61,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer os.RemoveAll(dir)
 	cfgPath := filepath.Join(dir, "walhook.yaml")
-	if err := os.WriteFile(cfgPath, demoConfig, 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, demo.Config, 0o600); err != nil {
 		return err
 	}
-	cfg, mapper, rules, err := loadConfigRules(cfgPath)
+	cfg, mapper, err := loadConfig(cfgPath)
 	if err != nil {
 		return err
 	}
-	c.Slot, c.Publication, c.AllowHTTP, c.AllowPrivate = "walhook", "walhook", true, true
-	changes, err := install(ctx, conn, c, cfg, mapper)
+	changes, err := walhook.Install(ctx, conn, cfg, walhook.InstallOptions{AllowHTTP: true})
 	if err != nil {
 		return err
 	}
@@ -121,18 +115,18 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "subscribed %-16s -> %s (dialect %s) as %s\n", s.event, base+s.path, s.dialect, id)
 	}
 
-	soft, stopSoft := context.WithCancel(ctx)
-	defer stopSoft()
+	svc, err := walhook.New(walhook.Config{
+		DatabaseURL: dsn, Mapping: cfg, AllowHTTP: true, AllowPrivateTargets: true,
+		StandbyInterval: time.Second, ShutdownTimeout: 5 * time.Second,
+	}, log)
+	if err != nil {
+		return err
+	}
 	var svcErr error
-	var svc conc.WaitGroup
-	svc.Go(func() {
-		svcErr = serve(soft, ctx, serviceConfig{
-			DatabaseURL: dsn, Config: cfg, Mapper: mapper, Rules: rules, Slot: c.Slot, Publication: c.Publication,
-			AllowHTTP: true, AllowPrivate: true, StandbyInterval: time.Second, ShutdownTimeout: 5 * time.Second, Logger: log,
-		})
-	})
-	defer svc.Wait()
-	defer stopSoft()
+	var running conc.WaitGroup
+	running.Go(func() { svcErr = svc.Run(ctx) })
+	defer running.Wait()
+	defer func() { _ = svc.Stop(ctx) }()
 
 	fmt.Fprintln(stdout, "\nwriting: a customer, an order, the order paid, a rolled-back order, an unmapped audit row, the order deleted")
 	writes := []string{
@@ -162,8 +156,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "\nwalhook keeps running. Connect with:\n  psql '%s'\nand try:\n  SELECT walhook.subscribe('order.created', '%s/hooks/mine', 'me');\n  INSERT INTO public.orders (tenant_id, total) VALUES (7, 9.99);\nPress Ctrl-C to stop.\n", dsn, base)
 		<-ctx.Done()
 	}
-	stopSoft()
-	svc.Wait()
+	_ = svc.Stop(ctx)
+	running.Wait()
 	if svcErr != nil && !errors.Is(svcErr, context.Canceled) {
 		return svcErr
 	}

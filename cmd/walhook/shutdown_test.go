@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sourcegraph/conc"
+	"github.com/walhook/walhook/internal/e2e"
 )
 
 var listenAddr = regexp.MustCompile(`addr=(127\.0\.0\.1:\d+)`)
@@ -22,7 +23,7 @@ var listenAddr = regexp.MustCompile(`addr=(127\.0\.0\.1:\d+)`)
 func (p *process) metricsURL(t *testing.T) string {
 	t.Helper()
 	var addr string
-	waitFor(t, 30*time.Second, "the process to log its listen address", func() bool {
+	e2e.WaitFor(t, 30*time.Second, "the process to log its listen address", func() bool {
 		b, _ := os.ReadFile(p.out.Name())
 		if m := listenAddr.FindSubmatch(b); m != nil {
 			addr = string(m[1])
@@ -77,7 +78,7 @@ func TestSIGTERMDrainsDeliveries(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
 	var answered atomic.Int64
-	e.recv.status = func(r *http.Request) int {
+	e.Recv.SetStatus(func(r *http.Request) int {
 		select {
 		case <-time.After(time.Second):
 		case <-r.Context().Done():
@@ -85,28 +86,28 @@ func TestSIGTERMDrainsDeliveries(t *testing.T) {
 		}
 		answered.Add(1)
 		return http.StatusOK
-	}
-	e.subscribe("customer.created", "/c")
-	proc := startProcess(t, e.dsn, e.cfgPath, e.slot, "--listen", "127.0.0.1:0", "--shutdown-timeout", "30s")
+	})
+	e.Subscribe("customer.created", "/c")
+	proc := startProcess(t, e.DSN, e.CfgPath, e.Slot, "--listen", "127.0.0.1:0", "--shutdown-timeout", "30s")
 	base := proc.metricsURL(t)
 
 	// 20 transactions to one destination: 16 in flight (max_per_host), 4
 	// waiting in its queue.
 	const first, later = 20, 5
 	for i := 1; i <= first; i++ {
-		e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'before SIGTERM')`, i)
+		e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'before SIGTERM')`, i)
 	}
-	waitFor(t, 30*time.Second, "every change dispatched and 16 requests held", func() bool {
-		return scrape(t, base+"/metrics")["walhook_events_produced_total"] >= first && len(e.recv.deliveries("/c")) >= 16
+	e2e.WaitFor(t, 30*time.Second, "every change dispatched and 16 requests held", func() bool {
+		return e2e.Scrape(t, base+"/metrics")["walhook_events_produced_total"] >= first && len(e.Recv.Deliveries("/c")) >= 16
 	})
 	if answered.Load() >= first {
 		t.Fatal("every delivery was answered before SIGTERM; the receiver does not hold them")
 	}
 	proc.signal(t, syscall.SIGTERM)
-	waitFor(t, 10*time.Second, "the process to start draining", func() bool { return proc.logContains("stopping: draining") })
+	e2e.WaitFor(t, 10*time.Second, "the process to start draining", func() bool { return proc.logContains("stopping: draining") })
 	// Written while it drains: not read by this process, so left for the next.
 	for i := first + 1; i <= first+later; i++ {
-		e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'during the drain')`, i)
+		e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'during the drain')`, i)
 	}
 	if code := proc.exit(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code after SIGTERM = %d, want 0", code)
@@ -115,20 +116,20 @@ func TestSIGTERMDrainsDeliveries(t *testing.T) {
 		t.Fatal(`the log has no "walhook stopped"`)
 	}
 	before := map[string]bool{}
-	for _, d := range e.recv.deliveries("/c") {
+	for _, d := range e.Recv.Deliveries("/c") {
 		before[d.Header.Get("webhook-id")] = true
 	}
 	if n := answered.Load(); n != int64(len(before)) || n < first {
 		t.Fatalf("answered %d of %d requests received before the exit; want all of at least %d (drained)", n, len(before), first)
 	}
 
-	startProcess(t, e.dsn, e.cfgPath, e.slot)
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'after the restart')`, first+later+1)
-	waitFor(t, 60*time.Second, "every row delivered", func() bool {
-		return len(e.recv.deliveries("/c")) >= first+later+1
+	startProcess(t, e.DSN, e.CfgPath, e.Slot)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'after the restart')`, first+later+1)
+	e2e.WaitFor(t, 60*time.Second, "every row delivered", func() bool {
+		return len(e.Recv.Deliveries("/c")) >= first+later+1
 	})
 	seen := map[string]int{}
-	for _, d := range e.recv.deliveries("/c") {
+	for _, d := range e.Recv.Deliveries("/c") {
 		seen[d.Header.Get("webhook-id")]++
 	}
 	for id, n := range seen {
@@ -136,7 +137,7 @@ func TestSIGTERMDrainsDeliveries(t *testing.T) {
 			t.Errorf("event %s delivered %d times: an answered delivery was sent again after the restart", id, n)
 		}
 	}
-	if got := sortedIDs(t, e.recv.deliveries("/c")); len(got) != first+later+1 {
+	if got := e2e.SortedIDs(t, e.Recv.Deliveries("/c")); len(got) != first+later+1 {
 		t.Fatalf("rows delivered = %v, want %d distinct", got, first+later+1)
 	}
 }
@@ -149,22 +150,22 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
 	var release atomic.Bool
-	e.recv.status = func(r *http.Request) int {
+	e.Recv.SetStatus(func(r *http.Request) int {
 		if release.Load() {
 			return http.StatusOK
 		}
 		<-r.Context().Done() // held until the client gives up
 		return http.StatusServiceUnavailable
-	}
-	e.subscribe("customer.created", "/c")
-	proc := startProcess(t, e.dsn, e.cfgPath, e.slot, "--shutdown-timeout", "5m")
+	})
+	e.Subscribe("customer.created", "/c")
+	proc := startProcess(t, e.DSN, e.CfgPath, e.Slot, "--shutdown-timeout", "5m")
 	const rows = 3
 	for i := 1; i <= rows; i++ {
-		e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'held')`, i)
+		e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES ($1, 7, 'held')`, i)
 	}
-	e.recv.wait(t, "/c", rows)
+	e.Recv.Wait(t, "/c", rows)
 	proc.signal(t, syscall.SIGTERM)
-	waitFor(t, 10*time.Second, "the process to start draining", func() bool { return proc.logContains("stopping: draining") })
+	e2e.WaitFor(t, 10*time.Second, "the process to start draining", func() bool { return proc.logContains("stopping: draining") })
 	start := time.Now()
 	proc.signal(t, syscall.SIGTERM)
 	code := proc.exit(t, 15*time.Second)
@@ -174,14 +175,14 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 	}
 
 	release.Store(true)
-	startProcess(t, e.dsn, e.cfgPath, e.slot)
-	waitFor(t, 60*time.Second, "the abandoned deliveries to be sent again", func() bool {
+	startProcess(t, e.DSN, e.CfgPath, e.Slot)
+	e2e.WaitFor(t, 60*time.Second, "the abandoned deliveries to be sent again", func() bool {
 		seen := map[string]bool{}
-		for _, d := range e.recv.deliveries("/c") {
-			seen[fmt.Sprint(d.envelope(t)["id"])] = true
+		for _, d := range e.Recv.Deliveries("/c") {
+			seen[fmt.Sprint(d.Envelope(t)["id"])] = true
 		}
 		var ok int
-		_ = e.conn.QueryRow(t.Context(), `SELECT count(DISTINCT event_id) FROM walhook.attempts WHERE status = 'succeeded'`).Scan(&ok)
+		_ = e.Conn.QueryRow(t.Context(), `SELECT count(DISTINCT event_id) FROM walhook.attempts WHERE status = 'succeeded'`).Scan(&ok)
 		return len(seen) == rows && ok == rows
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/walhook/walhook"
 )
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -21,7 +22,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	st, err := collectStatus(ctx, conn, c.Slot)
+	st, err := walhook.Status(ctx, conn, c.Slot)
 	if err != nil {
 		return err
 	}

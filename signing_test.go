@@ -1,4 +1,4 @@
-package main
+package walhook
 
 import (
 	"context"
@@ -15,15 +15,15 @@ import (
 func TestSignaturesVerifyWithStandardWebhooks(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	id := e.subscribe("customer.created", "/signed", "/", "default", "generate")
+	id := e.Subscribe("customer.created", "/signed", "/", "default", "generate")
 	ctx := context.Background()
 	var oldSecret string
-	if err := e.conn.QueryRow(ctx, `SELECT secret FROM walhook.subscriptions WHERE id = $1`, id).Scan(&oldSecret); err != nil {
+	if err := e.Conn.QueryRow(ctx, `SELECT secret FROM walhook.subscriptions WHERE id = $1`, id).Scan(&oldSecret); err != nil {
 		t.Fatal(err)
 	}
 	e.start()
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before rotation')`)
-	first := e.recv.wait(t, "/signed", 1)[0]
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before rotation')`)
+	first := e.Recv.Wait(t, "/signed", 1)[0]
 
 	oldWH, err := standardwebhooks.NewWebhook(oldSecret)
 	if err != nil {
@@ -34,14 +34,14 @@ func TestSignaturesVerifyWithStandardWebhooks(t *testing.T) {
 	}
 
 	var newSecret string
-	if err := e.conn.QueryRow(ctx, `SELECT walhook.rotate_secret($1)`, id).Scan(&newSecret); err != nil {
+	if err := e.Conn.QueryRow(ctx, `SELECT walhook.rotate_secret($1)`, id).Scan(&newSecret); err != nil {
 		t.Fatal(err)
 	}
 	if newSecret == oldSecret || !strings.HasPrefix(newSecret, "whsec_") {
 		t.Fatalf("rotate_secret() = %q, want a new whsec_ secret", newSecret)
 	}
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'during rotation')`)
-	second := e.recv.wait(t, "/signed", 2)[1]
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'during rotation')`)
+	second := e.Recv.Wait(t, "/signed", 2)[1]
 	if n := len(strings.Fields(second.Header.Get("webhook-signature"))); n != 2 {
 		t.Fatalf("webhook-signature during rotation = %q, want two signatures", second.Header.Get("webhook-signature"))
 	}
@@ -56,9 +56,9 @@ func TestSignaturesVerifyWithStandardWebhooks(t *testing.T) {
 	}
 
 	// Once the overlap ends, only the new secret signs.
-	e.exec(`UPDATE walhook.subscriptions SET previous_secret_until = now() - interval '1 second' WHERE id = $1`, id)
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (3, 7, 'after the overlap')`)
-	third := e.recv.wait(t, "/signed", 3)[2]
+	e.Exec(`UPDATE walhook.subscriptions SET previous_secret_until = now() - interval '1 second' WHERE id = $1`, id)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (3, 7, 'after the overlap')`)
+	third := e.Recv.Wait(t, "/signed", 3)[2]
 	if err := newWH.Verify(third.Body, third.Header); err != nil {
 		t.Fatalf("new secret rejects the request after the overlap: %v", err)
 	}

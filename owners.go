@@ -1,4 +1,4 @@
-package main
+package walhook
 
 import (
 	"context"
@@ -11,15 +11,15 @@ import (
 	"github.com/walhook/walhook/mapping"
 )
 
-// ownerSource loads owner attributes with the config's owners.query. Without
+// ownerLoader loads owner attributes with the config's owners.query. Without
 // an owners block every owner exists and has only its id.
-type ownerSource struct {
+type ownerLoader struct {
 	db  *pgxpool.Pool
 	cfg *mapping.Owners
 	m   *metrics.Metrics // counts owners loaded; nil for none
 }
 
-func (s ownerSource) LoadOwners(ctx context.Context, ids []string) (map[string]map[string]any, error) {
+func (s ownerLoader) LoadOwners(ctx context.Context, ids []string) (map[string]map[string]any, error) {
 	out := make(map[string]map[string]any, len(ids))
 	if s.cfg == nil || s.cfg.Query == "" {
 		for _, id := range ids {

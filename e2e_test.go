@@ -1,4 +1,4 @@
-package main
+package walhook
 
 import (
 	"context"
@@ -10,45 +10,33 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// sortedIDs returns the data.id of each delivery, sorted: deliveries to one
-// target run concurrently, so arrival order is not commit order.
-func sortedIDs(t *testing.T, ds []delivery) []float64 {
-	t.Helper()
-	var out []float64
-	for _, d := range ds {
-		data, _ := d.envelope(t)["data"].(map[string]any)
-		id, _ := data["id"].(float64)
-		out = append(out, id)
-	}
-	slices.Sort(out)
-	return out
-}
+	"github.com/walhook/walhook/internal/e2e"
+)
 
 func TestInsertUpdateDeleteBecomeEvents(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
 	secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
-	e.subscribe("order.created", "/orders", "/", "default", secret)
-	e.subscribe("order.updated", "/orders")
-	e.subscribe("order.deleted", "/orders")
+	e.Subscribe("order.created", "/orders", "/", "default", secret)
+	e.Subscribe("order.updated", "/orders")
+	e.Subscribe("order.deleted", "/orders")
 	e.start()
 
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'Grace')`)
-	e.exec(`INSERT INTO public.orders (id, customer_id, tenant_id, tenant_path, total, internal_note) VALUES (10, 1, 7, '/acme/east', 42.50, 'secret note')`)
-	e.exec(`UPDATE public.orders SET status = 'paid' WHERE id = 10`)
-	e.exec(`DELETE FROM public.orders WHERE id = 10`)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'Grace')`)
+	e.Exec(`INSERT INTO public.orders (id, customer_id, tenant_id, tenant_path, total, internal_note) VALUES (10, 1, 7, '/acme/east', 42.50, 'secret note')`)
+	e.Exec(`UPDATE public.orders SET status = 'paid' WHERE id = 10`)
+	e.Exec(`DELETE FROM public.orders WHERE id = 10`)
 
-	e.recv.wait(t, "/orders", 3)
-	byEvent := e.recv.byEvent(t, "/orders")
+	e.Recv.Wait(t, "/orders", 3)
+	byEvent := e.Recv.ByEvent(t, "/orders")
 	wantEvents := []string{"order.created", "order.updated", "order.deleted"}
-	got := make([]delivery, len(wantEvents))
+	got := make([]e2e.Delivery, len(wantEvents))
 	for i, name := range wantEvents {
 		got[i] = byEvent[name]
 	}
 	for i, d := range got {
-		env := d.envelope(t)
+		env := d.Envelope(t)
 		if env["event"] != wantEvents[i] {
 			t.Fatalf("delivery %d event = %v, want %s", i, env["event"], wantEvents[i])
 		}
@@ -72,7 +60,7 @@ func TestInsertUpdateDeleteBecomeEvents(t *testing.T) {
 			t.Fatalf("%s: excluded column internal_note delivered", wantEvents[i])
 		}
 	}
-	created := got[0].envelope(t)
+	created := got[0].Envelope(t)
 	data := created["data"].(map[string]any)
 	if data["status"] != "new" || data["tenant_path"] != "/acme/east" || created["site"] != "/acme/east" {
 		t.Fatalf("order.created = %s", got[0].Body)
@@ -80,12 +68,12 @@ func TestInsertUpdateDeleteBecomeEvents(t *testing.T) {
 	if !strings.Contains(string(got[0].Body), `"total":42.50`) {
 		t.Fatalf("numeric total not exact in %s", got[0].Body)
 	}
-	if got[1].envelope(t)["data"].(map[string]any)["status"] != "paid" {
+	if got[1].Envelope(t)["data"].(map[string]any)["status"] != "paid" {
 		t.Fatalf("order.updated = %s", got[1].Body)
 	}
 	// install set REPLICA IDENTITY FULL (orders has a site column), so a
 	// delete carries the whole old row and is reported at its site.
-	if del := got[2].envelope(t); del["data"].(map[string]any)["status"] != "paid" || del["site"] != "/acme/east" {
+	if del := got[2].Envelope(t); del["data"].(map[string]any)["status"] != "paid" || del["site"] != "/acme/east" {
 		t.Fatalf("order.deleted = %s, want the old row at /acme/east", got[2].Body)
 	}
 
@@ -103,8 +91,8 @@ func TestInsertUpdateDeleteBecomeEvents(t *testing.T) {
 
 	// Every attempt is recorded.
 	var n int
-	waitFor(t, 10*time.Second, "3 attempts recorded", func() bool {
-		_ = e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts WHERE status = 'succeeded' AND response_status = 200`).Scan(&n)
+	e2e.WaitFor(t, 10*time.Second, "3 attempts recorded", func() bool {
+		_ = e.Conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts WHERE status = 'succeeded' AND response_status = 200`).Scan(&n)
 		return n == 3
 	})
 }
@@ -112,11 +100,11 @@ func TestInsertUpdateDeleteBecomeEvents(t *testing.T) {
 func TestRolledBackWorkProducesNothing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	e.subscribe("customer.created", "/c")
+	e.Subscribe("customer.created", "/c")
 	e.start()
 	ctx := context.Background()
 
-	tx, err := e.conn.Begin(ctx)
+	tx, err := e.Conn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,16 +115,16 @@ func TestRolledBackWorkProducesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A savepoint rolled back inside a committed transaction.
-	e.exec(`BEGIN;
+	e.Exec(`BEGIN;
 		INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'kept');
 		SAVEPOINT s;
 		INSERT INTO public.customers (id, tenant_id, name) VALUES (3, 7, 'savepoint rolled back');
 		ROLLBACK TO SAVEPOINT s;
 		COMMIT`)
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (4, 7, 'sentinel')`)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (4, 7, 'sentinel')`)
 
-	got := e.recv.wait(t, "/c", 2)
-	if g := sortedIDs(t, got); len(g) != 2 || g[0] != 2 || g[1] != 4 {
+	got := e.Recv.Wait(t, "/c", 2)
+	if g := e2e.SortedIDs(t, got); len(g) != 2 || g[0] != 2 || g[1] != 4 {
 		t.Fatalf("delivered customer ids %v, want [2 4]", g)
 	}
 }
@@ -144,22 +132,22 @@ func TestRolledBackWorkProducesNothing(t *testing.T) {
 func TestUnsubscribeStopsDeliveries(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	gone := e.subscribe("customer.created", "/gone")
-	e.subscribe("customer.created", "/stays")
+	gone := e.Subscribe("customer.created", "/gone")
+	e.Subscribe("customer.created", "/stays")
 	e.start()
 
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before')`)
-	e.recv.wait(t, "/gone", 1)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before')`)
+	e.Recv.Wait(t, "/gone", 1)
 	var ok bool
-	if err := e.conn.QueryRow(context.Background(), `SELECT walhook.unsubscribe($1)`, gone).Scan(&ok); err != nil || !ok {
+	if err := e.Conn.QueryRow(context.Background(), `SELECT walhook.unsubscribe($1)`, gone).Scan(&ok); err != nil || !ok {
 		t.Fatalf("unsubscribe = %v, %v; want true", ok, err)
 	}
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'after')`)
-	e.recv.wait(t, "/stays", 2)
-	if g := sortedIDs(t, e.recv.deliveries("/gone")); len(g) != 1 || g[0] != 1 {
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'after')`)
+	e.Recv.Wait(t, "/stays", 2)
+	if g := e2e.SortedIDs(t, e.Recv.Deliveries("/gone")); len(g) != 1 || g[0] != 1 {
 		t.Fatalf("unsubscribed target got %v, want only [1]", g)
 	}
-	if err := e.conn.QueryRow(context.Background(), `SELECT walhook.unsubscribe($1)`, gone).Scan(&ok); err != nil || ok {
+	if err := e.Conn.QueryRow(context.Background(), `SELECT walhook.unsubscribe($1)`, gone).Scan(&ok); err != nil || ok {
 		t.Fatalf("second unsubscribe = %v, %v; want false", ok, err)
 	}
 }
@@ -167,27 +155,27 @@ func TestUnsubscribeStopsDeliveries(t *testing.T) {
 func TestSubscriptionSeesOnlyLaterChanges(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	e.subscribe("customer.created", "/early")
+	e.Subscribe("customer.created", "/early")
 	e.start()
 
 	// While running: a change, then a subscription, then another change.
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before live subscription')`)
-	e.subscribe("customer.created", "/live")
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'after live subscription')`)
-	e.recv.wait(t, "/live", 1)
-	e.recv.wait(t, "/early", 2)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before live subscription')`)
+	e.Subscribe("customer.created", "/live")
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'after live subscription')`)
+	e.Recv.Wait(t, "/live", 1)
+	e.Recv.Wait(t, "/early", 2)
 
 	// While stopped: the same, replayed after the restart.
 	e.stop()
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (3, 7, 'before subscription while stopped')`)
-	e.subscribe("customer.created", "/late")
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (4, 7, 'after subscription while stopped')`)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (3, 7, 'before subscription while stopped')`)
+	e.Subscribe("customer.created", "/late")
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (4, 7, 'after subscription while stopped')`)
 	e.start()
 	// Delivery is at least once, so rows are compared as sets: what must
 	// never happen is a row reaching a subscription made after it.
-	e.recv.waitRows(t, "/early", 1, 2, 3, 4) // changes while stopped arrive after the restart
+	e.Recv.WaitRows(t, "/early", 1, 2, 3, 4) // changes while stopped arrive after the restart
 	for path, want := range map[string][]float64{"/live": {2, 3, 4}, "/late": {4}} {
-		if got := e.recv.waitRows(t, path, want...); !slices.Equal(got, want) {
+		if got := e.Recv.WaitRows(t, path, want...); !slices.Equal(got, want) {
 			t.Fatalf("%s got rows %v, want %v", path, got, want)
 		}
 	}
@@ -196,20 +184,20 @@ func TestSubscriptionSeesOnlyLaterChanges(t *testing.T) {
 func TestConfirmedLSNAdvancesOnUnmappedWrites(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	e.subscribe("customer.created", "/c")
+	e.Subscribe("customer.created", "/c")
 	e.start()
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'x')`)
-	e.recv.wait(t, "/c", 1)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'x')`)
+	e.Recv.Wait(t, "/c", 1)
 
-	start := e.confirmed()
+	start := e.Confirmed()
 	for i := range 50 {
-		e.exec(`INSERT INTO public.audit_log (note) VALUES ($1)`, fmt.Sprint(i))
+		e.Exec(`INSERT INTO public.audit_log (note) VALUES ($1)`, fmt.Sprint(i))
 	}
-	target := e.currentLSN()
-	waitFor(t, 30*time.Second, "confirmed LSN to pass unmapped writes", func() bool {
-		return e.confirmed() >= target
+	target := e.CurrentLSN()
+	e2e.WaitFor(t, 30*time.Second, "confirmed LSN to pass unmapped writes", func() bool {
+		return e.Confirmed() >= target
 	})
-	if e.confirmed() <= start {
-		t.Fatalf("confirmed LSN %s did not move from %s", e.confirmed(), start)
+	if e.Confirmed() <= start {
+		t.Fatalf("confirmed LSN %s did not move from %s", e.Confirmed(), start)
 	}
 }

@@ -1,12 +1,12 @@
-package main
+package walhook
 
 import (
 	"context"
-	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/walhook/walhook/internal/e2e"
 )
 
 const dialectConfig = `
@@ -26,13 +26,13 @@ dialects:
 func TestDialectShapesTheRequest(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, dialectConfig)
-	e.subscribe("customer.created", "/crm", "/", "crm")
-	e.subscribe("customer.created", "/zapier", "/", "zapier")
-	e.subscribe("customer.created", "/default", "/", "default")
+	e.Subscribe("customer.created", "/crm", "/", "crm")
+	e.Subscribe("customer.created", "/zapier", "/", "zapier")
+	e.Subscribe("customer.created", "/default", "/", "default")
 	e.start()
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name, email) VALUES (1, 7, 'Grace', 'not included')`)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name, email) VALUES (1, 7, 'Grace', 'not included')`)
 
-	crm := e.recv.wait(t, "/crm", 1)[0]
+	crm := e.Recv.Wait(t, "/crm", 1)[0]
 	if crm.Method != "PUT" || crm.Header.Get("User-Agent") != "acme-crm-sync/2" ||
 		crm.Header.Get("X-Team") != "core" || crm.Header.Get("X-Source") != "walhook" {
 		t.Fatalf("crm request: %s UA %q X-Team %q X-Source %q", crm.Method, crm.Header.Get("User-Agent"),
@@ -41,16 +41,16 @@ func TestDialectShapesTheRequest(t *testing.T) {
 	if got := string(crm.Body); got != `{"id":1,"name":"Grace"}` {
 		t.Fatalf("crm body = %s", got)
 	}
-	zap := e.recv.wait(t, "/zapier", 1)[0]
+	zap := e.Recv.Wait(t, "/zapier", 1)[0]
 	if zap.Method != "POST" || string(zap.Body) != `{"id":1,"name":"Grace"}` {
 		t.Fatalf("zapier request: %s %s", zap.Method, zap.Body)
 	}
-	def := e.recv.wait(t, "/default", 1)[0]
+	def := e.Recv.Wait(t, "/default", 1)[0]
 	if def.Method != "POST" || !strings.HasPrefix(def.Header.Get("User-Agent"), "walhook/") ||
 		!strings.Contains(string(def.Body), `"data":{"id":1,"name":"Grace"}`) {
 		t.Fatalf("default request: %s UA %q body %s", def.Method, def.Header.Get("User-Agent"), def.Body)
 	}
-	for _, d := range []delivery{crm, zap, def} {
+	for _, d := range []e2e.Delivery{crm, zap, def} {
 		if d.Header.Get("webhook-id") == "" || d.Header.Get("Content-Type") != "application/json" {
 			t.Fatalf("%s lacks the standard headers: %v", d.Path, d.Header)
 		}
@@ -74,36 +74,30 @@ dialects:
     headers: {Authorization: Bearer s3cret-token, X-Team: core}
 `
 	e := newEnv(t, cfg)
-	var calls atomic.Int32
-	e.recv.status = func(*http.Request) int {
-		if calls.Add(1) == 1 {
-			return http.StatusServiceUnavailable
-		}
-		return http.StatusOK
-	}
-	e.subscribe("customer.created", "/crm", "/", "crm")
+	e.Recv.SetStatus(e2e.FailFirst(1))
+	e.Subscribe("customer.created", "/crm", "/", "crm")
 	e.start()
-	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'x')`)
-	got := e.recv.wait(t, "/crm", 2)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'x')`)
+	got := e.Recv.Wait(t, "/crm", 2)
 	for i, d := range got[:2] {
 		if d.Header.Get("Authorization") != "Bearer s3cret-token" || d.Header.Get("X-Team") != "core" {
 			t.Fatalf("attempt %d headers: Authorization %q X-Team %q", i+1, d.Header.Get("Authorization"), d.Header.Get("X-Team"))
 		}
 	}
-	waitFor(t, 10*time.Second, "both attempts recorded", func() bool {
+	e2e.WaitFor(t, 10*time.Second, "both attempts recorded", func() bool {
 		var n int
-		err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts`).Scan(&n)
+		err := e.Conn.QueryRow(context.Background(), `SELECT count(*) FROM walhook.attempts`).Scan(&n)
 		return err == nil && n == 2
 	})
 	var leaked int
-	err := e.conn.QueryRow(context.Background(), `SELECT
+	err := e.Conn.QueryRow(context.Background(), `SELECT
 		(SELECT count(*) FROM walhook.attempts WHERE request_headers::text ILIKE '%s3cret%' OR request_headers::text ILIKE '%authorization%')
 		+ (SELECT count(*) FROM walhook.deliveries WHERE headers::text ILIKE '%s3cret%')`).Scan(&leaked)
 	if err != nil || leaked != 0 {
 		t.Fatalf("stored rows carrying the credential: %d (%v), want 0", leaked, err)
 	}
 	var dialect string
-	if err := e.conn.QueryRow(context.Background(), `SELECT DISTINCT request_dialect FROM walhook.attempts`).Scan(&dialect); err != nil || dialect != "crm" {
+	if err := e.Conn.QueryRow(context.Background(), `SELECT DISTINCT request_dialect FROM walhook.attempts`).Scan(&dialect); err != nil || dialect != "crm" {
 		t.Fatalf("request_dialect = %q, %v; want crm", dialect, err)
 	}
 }

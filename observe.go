@@ -1,4 +1,4 @@
-package main
+package walhook
 
 import (
 	"context"
@@ -11,15 +11,12 @@ import (
 	"github.com/walhook/walhook/internal/metrics"
 )
 
-// DefaultSampleInterval is how often the leader samples slot lag.
-const DefaultSampleInterval = 5 * time.Second
-
 // sampleMetrics keeps the figures that are not counted as they happen up to
 // date until ctx ends: the slot's lag and retained WAL (one query), and the
 // acknowledgement lag and pending transactions (the tracker). While it runs,
 // the per-destination gauges read w.
-func sampleMetrics(ctx context.Context, sc serviceConfig, db *pgxpool.Pool, tr *cdc.Tracker, w *deliver.Worker) {
-	m := sc.Metrics
+func (s *Service) sampleMetrics(ctx context.Context, db *pgxpool.Pool, tr *cdc.Tracker, w *deliver.Worker) {
+	m := s.metrics
 	m.SetDestinations(func() []metrics.Destination {
 		load := w.Load()
 		out := make([]metrics.Destination, len(load))
@@ -29,18 +26,14 @@ func sampleMetrics(ctx context.Context, sc serviceConfig, db *pgxpool.Pool, tr *
 		return out
 	})
 	defer m.SetDestinations(nil)
-	every := sc.SampleInterval
-	if every <= 0 {
-		every = DefaultSampleInterval
-	}
-	t := time.NewTicker(every)
+	t := time.NewTicker(s.cfg.SampleInterval)
 	defer t.Stop()
-	log := sc.Logger.With("component", "metrics")
+	log := s.log.With("component", "metrics")
 	failing := false
 	for {
 		m.LagSeconds.Set(tr.Lag(time.Now()).Seconds())
 		m.PendingTxns.Set(float64(tr.Pending()))
-		if err := sampleSlot(ctx, db, sc.Slot, m); err != nil && ctx.Err() == nil {
+		if err := sampleSlot(ctx, db, s.cfg.Slot, m); err != nil && ctx.Err() == nil {
 			// Logged once per run of failures: the pipeline itself reports
 			// a database that went away.
 			if !failing {

@@ -1,4 +1,4 @@
-package main
+package walhook
 
 import (
 	"bytes"
@@ -73,13 +73,13 @@ var volatileRE = regexp.MustCompile(`"(id|occurred_at)":"[^"]*"`)
 func TestColumnTypesGolden(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, typesConfig, typesSchema)
-	e.subscribe("sample.created", "/envelope")
-	e.subscribe("sample.created", "/row", "/", "zapier")
+	e.Subscribe("sample.created", "/envelope")
+	e.Subscribe("sample.created", "/row", "/", "zapier")
 	e.start()
-	e.exec(typesRow)
+	e.Exec(typesRow)
 
-	env := e.recv.wait(t, "/envelope", 1)[0].Body
-	row := e.recv.wait(t, "/row", 1)[0].Body
+	env := e.Recv.Wait(t, "/envelope", 1)[0].Body
+	row := e.Recv.Wait(t, "/row", 1)[0].Body
 	for _, b := range [][]byte{env, row} {
 		if !json.Valid(b) {
 			t.Fatalf("body is not valid JSON: %s", b)
@@ -98,7 +98,7 @@ func checkGolden(t *testing.T, name string, got []byte) {
 		t.Fatalf("indent %s: %v", got, err)
 	}
 	pretty.WriteByte('\n')
-	path := filepath.Join("..", "..", "testdata", "golden", name)
+	path := filepath.Join("testdata", "golden", name)
 	if *update {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
@@ -122,19 +122,19 @@ func checkGolden(t *testing.T, name string, got []byte) {
 func TestUnchangedToastIsNeverNull(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, typesConfig, typesSchema)
-	e.subscribe("doc.updated", "/docs")
+	e.Subscribe("doc.updated", "/docs")
 	e.start()
 
 	// Random-looking text does not compress, so it is stored out of line.
-	e.exec(`INSERT INTO public.docs SELECT 1, 'first', string_agg(md5(i::text), '') FROM generate_series(1, 2000) i`)
-	e.exec(`UPDATE public.docs SET title = 'second' WHERE id = 1`)
-	e.exec(`ALTER TABLE public.docs REPLICA IDENTITY FULL`)
-	e.exec(`UPDATE public.docs SET title = 'third' WHERE id = 1`)
+	e.Exec(`INSERT INTO public.docs SELECT 1, 'first', string_agg(md5(i::text), '') FROM generate_series(1, 2000) i`)
+	e.Exec(`UPDATE public.docs SET title = 'second' WHERE id = 1`)
+	e.Exec(`ALTER TABLE public.docs REPLICA IDENTITY FULL`)
+	e.Exec(`UPDATE public.docs SET title = 'third' WHERE id = 1`)
 
-	got := e.recv.wait(t, "/docs", 2)
+	got := e.Recv.Wait(t, "/docs", 2)
 	byTitle := map[string]map[string]any{}
 	for _, d := range got {
-		env := d.envelope(t)
+		env := d.Envelope(t)
 		data := env["data"].(map[string]any)
 		byTitle[data["title"].(string)] = env
 	}

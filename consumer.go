@@ -1,0 +1,187 @@
+package walhook
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/acl"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/subs"
+	"github.com/walhook/walhook/mapping"
+)
+
+// consumer applies stream messages in commit order: subscription changes
+// to the index (and its log), owner changes to the owner cache, the
+// writer's active sites, and every other change to the router. It seals
+// each transaction at its commit.
+type consumer struct {
+	router  *router
+	owners  *acl.Owners
+	watched map[string]bool // tables whose changes refresh owner attributes
+	mapper  *mapping.Mapper
+	idx     *subs.Index
+	db      *pgxpool.Pool
+	log     *slog.Logger
+	// removeOnDelete removes an owner's subscriptions when its row is
+	// deleted from a watched table (owners.remove_on_delete).
+	removeOnDelete bool
+	// beforeRoute is a test hook; nil in production.
+	beforeRoute func()
+
+	// The open transaction's state: only one is open at a time.
+	txSites []string
+	entries []subs.Entry
+}
+
+func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) *consumer {
+	watched := map[string]bool{}
+	oc := s.cfg.Mapping.Owners
+	if oc != nil {
+		for _, t := range oc.Watch {
+			watched[t] = true
+		}
+	}
+	owners := acl.NewOwners(ownerLoader{db: db, cfg: oc, m: s.metrics}, 0)
+	log := s.log.With("component", "pipeline")
+	return &consumer{
+		router:         newRouter(s.mapper, s.rules, idx, owners, out, pgStore{db}, s.dialects, log, s.metrics),
+		owners:         owners,
+		watched:        watched,
+		mapper:         s.mapper,
+		idx:            idx,
+		db:             db,
+		log:            log,
+		removeOnDelete: oc != nil && oc.RemoveOnDelete,
+		beforeRoute:    s.hooks.route,
+	}
+}
+
+// run consumes until stop ends; deliveries use work, which outlives stop so
+// that they can finish during a drain.
+func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) error {
+	inTx := false
+	for {
+		select {
+		case <-stop.Done():
+			return c.finishTx(work, msgs, inTx)
+		case m := <-msgs:
+			if err := c.handle(work, m); err != nil {
+				return err
+			}
+			inTx = m.Kind != cdc.KindCommit
+		}
+	}
+}
+
+// finishTx runs on stop: a transaction whose commit is already buffered is
+// finished, so that a graceful stop does not leave it to be sent again after
+// the restart. The stream has stopped, so nothing more arrives; a commit not
+// yet received leaves the transaction unacknowledged, and it is replayed.
+func (c *consumer) finishTx(work context.Context, msgs <-chan cdc.Message, inTx bool) error {
+	for inTx {
+		select {
+		case m := <-msgs:
+			if err := c.handle(work, m); err != nil {
+				return err
+			}
+			inTx = m.Kind != cdc.KindCommit
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
+	switch m.Kind {
+	case cdc.KindSite:
+		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
+	case cdc.KindChange:
+		rel := m.Change.Relation
+		if rel.Schema == "walhook" && rel.Name == "subscriptions" {
+			c.applySubscription(m.Change)
+			return nil
+		}
+		if c.watched[rel.QualifiedName()] {
+			// Owner attributes changed at this point of the stream: every
+			// change after it is judged with freshly loaded ones.
+			c.owners.Invalidate()
+			if m.Change.Op == change.Delete && c.removeOnDelete {
+				if err := c.removeOwner(ctx, m.Change); err != nil {
+					return err
+				}
+			}
+		}
+		if c.beforeRoute != nil {
+			c.beforeRoute()
+		}
+		return c.router.route(ctx, m.Txn, m.Change, c.txSites)
+	case cdc.KindCommit:
+		if len(c.entries) > 0 {
+			if err := subs.WriteLog(ctx, c.db, m.Txn.EndLSN, c.entries); err != nil {
+				return err
+			}
+			clear(c.entries)
+			c.entries = c.entries[:0]
+		}
+		c.txSites = c.txSites[:0]
+		m.Txn.Seal()
+	}
+	return nil
+}
+
+func (c *consumer) applySubscription(ch *change.Change) {
+	switch ch.Op {
+	case change.Insert, change.Update:
+		var prev *subs.Subscription
+		if id := subs.FromRow(ch.Relation, ch.New, nil).ID; id != "" {
+			prev = c.idx.Get(id)
+		}
+		s := subs.FromRow(ch.Relation, ch.New, prev)
+		if ch.Op == change.Update && ch.Old != nil {
+			if old := subs.FromRow(ch.Relation, ch.Old, prev); old.ID != "" && old.ID != s.ID {
+				c.idx.Remove(old.ID)
+				c.entries = append(c.entries, subs.Entry{ID: old.ID, Deleted: true})
+			}
+		}
+		c.idx.Put(s)
+		c.entries = append(c.entries, subs.Entry{ID: s.ID, Sub: s})
+	case change.Delete:
+		if s := subs.FromRow(ch.Relation, ch.Old, nil); s.ID != "" {
+			c.idx.Remove(s.ID)
+			c.entries = append(c.entries, subs.Entry{ID: s.ID, Deleted: true})
+		}
+	}
+}
+
+// removeOwner removes the subscriptions of an owner whose row was deleted
+// from a watched table (owners.remove_on_delete), taking the owner's id from
+// the row's id column.
+func (c *consumer) removeOwner(ctx context.Context, ch *change.Change) error {
+	i := ch.Relation.ColumnIndex("id")
+	if i < 0 || i >= len(ch.Old) || ch.Old[i].Kind != change.Text {
+		return nil
+	}
+	id := string(ch.Old[i].Text)
+	var n int
+	if err := c.db.QueryRow(ctx, `SELECT walhook.remove_owner($1)`, id).Scan(&n); err != nil {
+		return fmt.Errorf("remove subscriptions of deleted owner %s: %w", id, err)
+	}
+	if n > 0 {
+		c.log.Info("removed the subscriptions of a deleted owner", "owner", id, "subscriptions", n)
+	}
+	return nil
+}
+
+// pgStore is the router's subscriptionStore on the database.
+type pgStore struct{ db *pgxpool.Pool }
+
+func (p pgStore) Deactivate(ctx context.Context, id, message string) error {
+	_, err := p.db.Exec(ctx, `UPDATE walhook.subscriptions SET active = false, status_message = $2, updated_at = now()
+		WHERE id = $1 AND active`, id, message)
+	return err
+}

@@ -1,0 +1,368 @@
+package walhook
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/walhook/walhook/acl"
+	"github.com/walhook/walhook/deliver"
+	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/metrics"
+	"github.com/walhook/walhook/internal/subs"
+	"github.com/walhook/walhook/mapping"
+)
+
+// The router turns one committed change into deliveries, in four steps,
+// each a small method:
+//
+//	derive   the change's events: the table's verb for the operation and
+//	         every derived event whose `when` holds, with the payload
+//	match    per event, the active subscriptions at the row's site, the
+//	         transaction's active sites and their ancestors
+//	judge    per event with matches, which owners may see the row (and the
+//	         old row) by the table's acl rule, owners loaded once per change
+//	fanOut   per allowed subscription, one request, shared by subscriptions
+//	         with the same target, dialect and secret
+//
+// It needs no HTTP and no slot: deliveries go to a submitter, owners come
+// from an ownerSource, and the one write it makes (deactivating a
+// subscription whose owner is gone) goes to a subscriptionStore.
+
+// submitter takes deliveries: deliver.Worker.
+type submitter interface {
+	Submit(ctx context.Context, r *deliver.Request) error
+}
+
+// ownerSource gives owners' attributes, as CEL values, keyed by id; ids it
+// does not know are absent: acl.Owners.
+type ownerSource interface {
+	Get(ctx context.Context, ids []string) (map[string]map[string]any, error)
+}
+
+// subscriptionStore changes walhook.subscriptions for the router.
+type subscriptionStore interface {
+	// Deactivate deactivates the subscription with the status message.
+	Deactivate(ctx context.Context, id, message string) error
+}
+
+// work is the transaction a change belongs to, as the router sees it
+// (cdc.Txn): every delivery is one unit of work that must be done before
+// the slot may pass the transaction.
+type work interface {
+	Add(n int)
+	Done()
+}
+
+// MaxOwnerMissing is how many changes in a row a subscription may miss
+// because its owner cannot be found before it is deactivated.
+const MaxOwnerMissing = 50
+
+type router struct {
+	mapper   *mapping.Mapper
+	rules    *acl.Rules
+	idx      *subs.Index
+	owners   ownerSource
+	out      submitter
+	store    subscriptionStore
+	dialects map[string]*deliver.Dialect
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	now      func() time.Time
+
+	// missing counts, per subscription, changes in a row withheld because
+	// its owner could not be found. It lives in memory: a restart starts it
+	// afresh, which only delays the deactivation.
+	missing map[string]int
+
+	// Scratch space reused for every change.
+	events  []mapping.Event
+	sites   []string
+	matched []*subs.Subscription
+	ids     []string
+	sent    map[string]bool // coalescing keys already sent for the event
+	verdict verdict
+}
+
+// verdict is what judge decided for one change.
+type verdict struct {
+	// allowed is whether each owner may see the row.
+	allowed map[string]bool
+	// allowedOld is whether each owner may see the old row of an update (the
+	// envelope's "previous"); nil when there is no old row to show.
+	allowedOld map[string]bool
+	// found holds the owners that exist; nil when the rule needs none.
+	found map[string]map[string]any
+}
+
+func newRouter(mapper *mapping.Mapper, rules *acl.Rules, idx *subs.Index, owners ownerSource, out submitter,
+	store subscriptionStore, dialects map[string]*deliver.Dialect, log *slog.Logger, m *metrics.Metrics) *router {
+	return &router{
+		mapper: mapper, rules: rules, idx: idx, owners: owners, out: out, store: store, dialects: dialects,
+		log: log, metrics: m, now: time.Now,
+		missing: map[string]int{},
+		sent:    map[string]bool{},
+		verdict: verdict{allowed: map[string]bool{}},
+	}
+}
+
+// input converts a change's rows for CEL once, on first need: most changes
+// match no subscription and never need it.
+type input struct {
+	ch   *change.Change
+	site string
+	in   *acl.Input
+}
+
+func (i *input) get() *acl.Input {
+	if i.in == nil {
+		i.in = acl.InputFor(i.ch, i.site)
+	}
+	return i.in
+}
+
+// route delivers ch, a change of the transaction txn, whose writer set
+// txSites with walhook.set_site() before it.
+func (r *router) route(ctx context.Context, txn work, ch *change.Change, txSites []string) error {
+	t := r.mapper.Table(ch.Relation.QualifiedName())
+	if t == nil {
+		return nil // not a mapped table: it produces no event
+	}
+	site := t.Site(ch)
+	in := &input{ch: ch, site: site}
+	r.events = r.derive(r.events[:0], t, ch, in)
+	if len(r.events) == 0 {
+		return nil
+	}
+	r.sites = subs.AppendAncestors(r.sites[:0], site)
+	for _, s := range txSites {
+		r.sites = subs.AppendAncestors(r.sites, s)
+	}
+	judged := false
+	for i := range r.events {
+		ev := &r.events[i]
+		r.matched = r.idx.Match(r.matched[:0], ev.Name, r.sites)
+		if len(r.matched) == 0 {
+			continue
+		}
+		// One judgement per change serves all its events: the rule reads
+		// the row and the owner, not the event.
+		if !judged || r.needsMore() {
+			if err := r.judge(ctx, t, ch, in); err != nil {
+				return err
+			}
+			judged = true
+		}
+		if err := r.fanOut(ctx, txn, ev, site); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// needsMore says whether the owners of the current matches were not all
+// judged yet (a later event matched other subscriptions than the first).
+func (r *router) needsMore() bool {
+	for _, s := range r.matched {
+		if _, ok := r.verdict.allowed[s.Owner]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
+// derive appends ch's events to dst: the standard one, then each derived
+// event whose condition holds, with the table's payload when it has one.
+// A condition that fails to evaluate produces no event, counted and logged.
+func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change, in *input) []mapping.Event {
+	dst = r.mapper.Map(dst, ch)
+	for _, d := range t.Derived {
+		if ch.Op.String() != d.On {
+			continue
+		}
+		ok, err := r.rules.When(d.Name, in.get())
+		if err != nil {
+			r.log.Debug("derived event condition failed; not produced", "event", d.Name, "err", err)
+			r.metrics.RuleErrors.WithLabelValues(metrics.RuleEvent).Inc()
+		}
+		if ok {
+			dst = append(dst, mapping.Event{
+				ID: mapping.EventID(ch.Tx.Source, uint64(ch.Tx.CommitLSN), ch.Seq, d.Name), Name: d.Name, Table: t, Change: ch})
+		}
+	}
+	r.metrics.EventsProduced.Add(float64(len(dst)))
+	if len(dst) > 0 && r.rules.HasPayload(t.Name) {
+		r.payload(dst, t.Name, in.get())
+	}
+	return dst
+}
+
+// payload builds the body's data (and previous) for the events with the
+// table's payload expression. One that fails to evaluate falls back to the
+// row's columns, filtered as configured: a change is never dropped for its
+// shape.
+func (r *router) payload(events []mapping.Event, table string, in *acl.Input) {
+	data, err := r.rules.Payload(table, in)
+	if err != nil {
+		r.log.Warn("payload expression failed; sending the row's columns", "table", table, "err", err)
+		return
+	}
+	var prev []byte
+	if in.Op == change.Update && in.Old != nil {
+		old := *in
+		old.New = in.Old
+		if prev, err = r.rules.Payload(table, &old); err != nil {
+			prev = nil
+		}
+	}
+	for i := range events {
+		events[i].Data, events[i].Previous = data, prev
+	}
+}
+
+// judge decides, once per owner of the matched subscriptions, whether the
+// owner may see the row and, for updates with an old row, the old row too.
+// Owners are loaded in one batch; an owner that cannot be found sees
+// nothing. A failure to load them is the change's failure: it is not
+// acknowledged, and the pipeline restarts.
+func (r *router) judge(ctx context.Context, t *mapping.Table, ch *change.Change, in *input) error {
+	v := &r.verdict
+	if r.rules.AlwaysAllows(t.Name) {
+		// acl: "true": no owner to load, no row to bind.
+		clear(v.allowed)
+		for _, s := range r.matched {
+			v.allowed[s.Owner] = true
+		}
+		v.allowedOld, v.found = nil, nil
+		return nil
+	}
+	r.ids = r.ids[:0]
+	for _, s := range r.matched {
+		r.ids = append(r.ids, s.Owner)
+	}
+	owners, err := r.owners.Get(ctx, r.ids)
+	if err != nil {
+		return fmt.Errorf("load owners: %w", err)
+	}
+	v.found = owners
+	if failed, err := r.rules.AllowMany(t.Name, in.get(), owners, v.allowed); failed > 0 {
+		r.log.Debug("acl rule failed; denied", "table", t.Name, "owners", failed, "err", err)
+		r.metrics.RuleErrors.WithLabelValues(metrics.RuleACL).Add(float64(failed))
+	}
+	v.allowedOld = nil
+	if i := in.get(); ch.Op == change.Update && i.Old != nil {
+		old := *i
+		old.New, old.Op = i.Old, change.Update
+		v.allowedOld = map[string]bool{}
+		_, _ = r.rules.AllowMany(t.Name, &old, owners, v.allowedOld)
+	}
+	return nil
+}
+
+// fanOut submits ev to every allowed subscription of the current matches.
+// Subscriptions that share a target, dialect and secret get one request:
+// the receiver asked for the event once per destination, and any of its
+// owners may see the row. Bodies are built once per dialect and visibility
+// of the old row.
+func (r *router) fanOut(ctx context.Context, txn work, ev *mapping.Event, site string) error {
+	v := &r.verdict
+	var bodies map[string][]byte
+	clear(r.sent)
+	for _, s := range r.matched {
+		if !v.allowed[s.Owner] {
+			r.metrics.ACLDenials.Inc()
+			if err := r.ownerMissing(ctx, s); err != nil {
+				return err
+			}
+			continue
+		}
+		delete(r.missing, s.ID)
+		ck := s.TargetURL + "\x00" + s.Dialect + "\x00" + s.Secret
+		if r.sent[ck] {
+			continue
+		}
+		r.sent[ck] = true
+		d := r.dialects[s.Dialect]
+		if d == nil {
+			d = r.dialects[mapping.DialectDefault]
+		}
+		withPrev := v.allowedOld == nil || v.allowedOld[s.Owner]
+		bk := d.Name
+		if !withPrev {
+			bk += "\x00noprev"
+		}
+		body, ok := bodies[bk]
+		if !ok {
+			body = d.AppendBody(nil, ev, site, withPrev)
+			if bodies == nil {
+				bodies = map[string][]byte{}
+			}
+			bodies[bk] = body
+		}
+		key := r.key(s.ID, s.Secret)
+		var prevKey []byte
+		if key != nil && s.PrevSecret != "" && r.now().Before(s.PrevSecretUntil) {
+			prevKey = r.key(s.ID, s.PrevSecret)
+		}
+		txn.Add(1)
+		err := r.out.Submit(ctx, &deliver.Request{
+			SubscriptionID: s.ID,
+			EventID:        ev.ID,
+			Event:          ev.Name,
+			URL:            s.TargetURL,
+			Method:         d.Method,
+			UserAgent:      d.UserAgent,
+			Header:         d.Header,
+			Body:           body,
+			Key:            key,
+			PrevKey:        prevKey,
+			RateLimit:      d.RateLimit,
+			Dialect:        d.Name,
+			Attempt:        1,
+			Committed:      ev.Change.Tx.CommitTime,
+			Done:           txn.Done,
+		})
+		if err != nil {
+			// Not submitted: nothing will call Done, and the transaction
+			// must not be acknowledged, so the work stays added.
+			return err
+		}
+	}
+	return nil
+}
+
+// key decodes a secret; an unusable one sends unsigned, with a warning.
+func (r *router) key(sub, secret string) []byte {
+	if secret == "" {
+		return nil
+	}
+	k, err := deliver.SecretKey(secret)
+	if err != nil {
+		r.log.Warn("subscription secret unusable; sending unsigned", "subscription_id", sub)
+	}
+	return k
+}
+
+// ownerMissing counts a change withheld from s when its owner was not found
+// (a denial by the rule is not counted: that is the rule working), and
+// deactivates s after MaxOwnerMissing in a row.
+func (r *router) ownerMissing(ctx context.Context, s *subs.Subscription) error {
+	if r.verdict.found == nil {
+		return nil
+	}
+	if _, found := r.verdict.found[s.Owner]; found {
+		return nil
+	}
+	r.missing[s.ID]++
+	if r.missing[s.ID] < MaxOwnerMissing {
+		return nil
+	}
+	delete(r.missing, s.ID)
+	msg := fmt.Sprintf("Deactivated: owner %q was not found for %d changes in a row", s.Owner, MaxOwnerMissing)
+	if err := r.store.Deactivate(ctx, s.ID, msg); err != nil {
+		return fmt.Errorf("deactivate subscription %s: %w", s.ID, err)
+	}
+	r.log.Warn("subscription deactivated: owner not found", "subscription_id", s.ID)
+	return nil
+}

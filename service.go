@@ -1,0 +1,469 @@
+package walhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sourcegraph/conc"
+
+	"github.com/walhook/walhook/acl"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/deliver"
+	"github.com/walhook/walhook/internal/metrics"
+	"github.com/walhook/walhook/internal/stage"
+	"github.com/walhook/walhook/internal/subs"
+	"github.com/walhook/walhook/mapping"
+)
+
+// Errors returned by the Service's lifecycle methods.
+var (
+	// ErrRunning means Run was called on a Service that already ran: a
+	// Service runs once; make a new one to run again.
+	ErrRunning = errors.New("walhook: Run called twice")
+)
+
+// Service is one walhook process: it takes the leader lock for its slot (or
+// stands by, working the retry queue, while another process leads), streams
+// the slot, routes each change to its subscriptions, delivers, and
+// acknowledges the slot only as far as every delivery is sent or durably
+// queued. A failure of any stage, a panic included, stops the whole pipeline,
+// drops readiness at once, and restarts it with backoff from the slot's
+// acknowledged position, so nothing is lost.
+type Service struct {
+	cfg      Config
+	log      *slog.Logger
+	mapper   *mapping.Mapper
+	rules    *acl.Rules
+	dialects map[string]*deliver.Dialect
+	metrics  *metrics.Metrics
+	state    *state
+	standby  standby
+
+	once    sync.Once // guards running
+	running bool
+	soft    chan struct{} // closed by Stop: stop reading, drain
+	hard    chan struct{} // closed by StopAndCancel: stop now
+	stopS   sync.Once
+	stopH   sync.Once
+	done    chan struct{} // closed when Run returns
+
+	// hooks are for tests of this package: they inject failures.
+	hooks hooks
+}
+
+// hooks let this package's tests make a stage fail. All nil in production.
+type hooks struct {
+	// route is called before the router handles a change.
+	route func()
+	// worker overrides the deliver.Worker config, e.g. a transport that
+	// panics.
+	worker func(*deliver.Config)
+}
+
+// New checks cfg, compiles its mapping and rules, and returns a Service
+// ready to Run. It does no I/O.
+func New(cfg Config, logger *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg = cfg.withDefaults()
+	mapper, err := mapping.New(cfg.Mapping)
+	if err != nil {
+		return nil, err
+	}
+	rules, err := acl.Compile(cfg.Mapping)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{
+		cfg:      cfg,
+		log:      logger,
+		mapper:   mapper,
+		rules:    rules,
+		dialects: deliver.Dialects(cfg.Mapping, Version),
+		metrics:  metrics.New(Version),
+		state:    newState(),
+		soft:     make(chan struct{}),
+		hard:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	s.metrics.SetState(s.state.leading)
+	return s, nil
+}
+
+// Run runs the service until Stop or StopAndCancel is called, or ctx ends
+// (which is StopAndCancel). It returns nil after a stop, and an error only
+// when the service cannot go on: walhook is not installed for this config,
+// the slot is missing, or PostgreSQL refuses in a way no restart cures.
+// Failures a restart may cure (a panic, PostgreSQL restarting, the
+// connection dropping) restart the pipeline with backoff instead; Health
+// reports them.
+func (s *Service) Run(ctx context.Context) error {
+	first := false
+	s.once.Do(func() { first = true })
+	if !first {
+		return ErrRunning
+	}
+	defer close(s.done)
+	hard, cancelHard := context.WithCancel(ctx)
+	defer cancelHard()
+	soft, cancelSoft := context.WithCancel(hard)
+	defer cancelSoft()
+	var wg conc.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		soft := s.soft
+		for {
+			select {
+			case <-soft:
+				cancelSoft()
+				soft = nil // a closed channel would spin
+			case <-s.hard:
+				cancelHard()
+				return
+			case <-hard.Done():
+				return
+			}
+		}
+	})
+	defer cancelHard()
+
+	if err := checkInstalled(hard, s.cfg.DatabaseURL, s.cfg.Publication, s.mapper); err != nil {
+		var mismatch installMismatch
+		if errors.As(err, &mismatch) {
+			return err
+		}
+		// PostgreSQL may be restarting: the pipeline retries the connection,
+		// and checks the slot when it gets one.
+		s.log.Warn("could not check the installation; starting anyway", "err", err)
+	}
+	s.log.Info("walhook starting", "version", Version, "slot", s.cfg.Slot, "publication", s.cfg.Publication, "tables", len(s.cfg.Mapping.Tables))
+	err := s.supervise(soft, hard)
+	s.stopStandby(hard, cancelHard)
+	if err == nil {
+		s.log.Info("walhook stopped")
+	}
+	return err
+}
+
+// stopStandby ends the standby's queue work: it stops claiming, and the
+// attempts under way, including those released by a promotion, finish
+// within the shutdown timeout before hard ends them.
+func (s *Service) stopStandby(hard context.Context, cancelHard context.CancelFunc) {
+	s.standby.release()
+	finished := make(chan struct{})
+	var w conc.WaitGroup
+	w.Go(func() {
+		s.standby.wg.Wait()
+		close(finished)
+	})
+	select {
+	case <-finished:
+	case <-time.After(s.cfg.ShutdownTimeout):
+	case <-hard.Done():
+	}
+	cancelHard()
+	w.Wait()
+}
+
+// Stop stops reading the slot, lets the deliveries under way finish (up to
+// Config.ShutdownTimeout), records them, acknowledges the slot as far as
+// they got, and waits for Run to return. If ctx ends first, Stop cancels
+// what is left as StopAndCancel does and returns ctx's error once Run has
+// returned. What was not finished is delivered again after the next start.
+func (s *Service) Stop(ctx context.Context) error {
+	s.stopS.Do(func() { close(s.soft) })
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		_ = s.StopAndCancel(context.WithoutCancel(ctx))
+		return ctx.Err()
+	}
+}
+
+// StopAndCancel stops at once: attempts under way are cancelled and left
+// unacknowledged, to be delivered again after the next start. It waits for
+// Run to return or ctx to end.
+func (s *Service) StopAndCancel(ctx context.Context) error {
+	s.stopH.Do(func() { close(s.hard) })
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// supervise runs the pipeline until soft ends (stop reading, drain, exit)
+// or hard ends (exit now). A failure that a restart can cure (PostgreSQL
+// restarting, the connection dropping, another process still holding the
+// slot, a stage that panicked) restarts the pipeline after a backoff; the
+// slot's confirmed LSN makes the restart lose nothing.
+func (s *Service) supervise(soft, hard context.Context) error {
+	backoff := s.cfg.MinRestartBackoff
+	for {
+		started := time.Now()
+		err := s.lead(soft, hard, s.pipeline)
+		if soft.Err() != nil || hard.Err() != nil {
+			return nil
+		}
+		if !retryable(err) && !errors.Is(err, errLostLeadership) {
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			backoff = s.cfg.MinRestartBackoff
+		}
+		if err != nil {
+			s.state.failed(err)
+			s.state.restarts.Add(1)
+		}
+		var active *cdc.SlotActiveError
+		if errors.As(err, &active) {
+			s.log.Warn("slot is held by another process; waiting for it to go", "slot", s.cfg.Slot, "retry_in", backoff, "err", err)
+		} else {
+			s.logFailure("pipeline stopped; restarting", err, backoff)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-soft.Done():
+			return nil
+		}
+		backoff = min(backoff*2, s.cfg.MaxRestartBackoff)
+	}
+}
+
+// logFailure logs a failure that is about to be retried; a panic is logged
+// at ERROR with its stack, once, here.
+func (s *Service) logFailure(msg string, err error, retryIn time.Duration) {
+	var pe *stage.PanicError
+	if errors.As(err, &pe) {
+		s.log.Error(msg, "err", err, "stage", pe.Stage, "retry_in", retryIn, "stack", string(pe.Stack))
+		return
+	}
+	s.log.Warn(msg, "err", err, "retry_in", retryIn)
+}
+
+// retryable says whether an error is one a restart may cure.
+func retryable(err error) bool {
+	if err == nil {
+		return true
+	}
+	if stage.IsPanic(err) {
+		// A bug met one change; the restart replays from the slot and the
+		// backoff keeps a repeating panic from spinning.
+		return true
+	}
+	var active *cdc.SlotActiveError
+	if errors.As(err, &active) {
+		return true
+	}
+	if errors.Is(err, cdc.ErrSlotMissing) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "57", "53": // connection exception, operator intervention (shutdown), insufficient resources
+			return true
+		}
+		return false
+	}
+	// Network errors, EOFs and timeouts: PostgreSQL went away.
+	return true
+}
+
+// pipeline is one run of the leader's stages: stream → consumer (router) →
+// worker → recorder, the retry queue, and the samplers. The first stage to
+// fail or panic stops them all; then what finished is acknowledged and the
+// error returned.
+func (s *Service) pipeline(soft, hard context.Context) error {
+	log := s.log
+	db, err := pgxpool.New(hard, s.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("open pool: %w", err)
+	}
+	defer db.Close()
+
+	var slot cdc.SlotInfo
+	if err := withConn(hard, db, func(conn *pgx.Conn) error {
+		slot, err = cdc.Slot(hard, conn, s.cfg.Slot)
+		return err
+	}); err != nil {
+		return err
+	}
+	if slot.Active {
+		return &cdc.SlotActiveError{Slot: s.cfg.Slot, Err: fmt.Errorf("active for PID %d", slot.ActivePID)}
+	}
+	idx, err := subs.Load(hard, db, slot.ConfirmedFlush)
+	if err != nil {
+		return err
+	}
+	log.Info("loaded subscriptions", "subscriptions", idx.Len(), "lsn", slot.ConfirmedFlush.String())
+
+	stream, err := cdc.New(cdc.Config{
+		DatabaseURL:     s.cfg.DatabaseURL,
+		Slot:            s.cfg.Slot,
+		Publication:     s.cfg.Publication,
+		Start:           slot.ConfirmedFlush,
+		StandbyInterval: s.cfg.StandbyInterval,
+		Observer:        s.metrics,
+	}, log)
+	if err != nil {
+		return err
+	}
+	worker, queue := s.newDelivery(db)
+
+	// The pipeline's stages share g's context, cancelled when one fails.
+	// The readers (stream, consumer, claiming) are a group of their own, so
+	// that a drain waits for them to stop; they also stop on soft, while the
+	// attempts already started run on under g's context and are drained.
+	g := stage.NewGroup(hard)
+	g.OnFail = func(err error) { s.state.failed(err) }
+	pctx := g.Context()
+	readers := stage.NewGroup(pctx)
+	readers.OnFail = g.Fail
+	readCtx, stopRead := context.WithCancel(readers.Context())
+	defer stopRead()
+	context.AfterFunc(soft, stopRead)
+	recCtx, stopRec := context.WithCancel(pctx)
+	defer stopRec()
+
+	con := s.newConsumer(db, idx, worker)
+	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
+
+	var samplers conc.WaitGroup
+	g.Go("recorder", recCtx, func() error { return worker.Run(recCtx) })
+	samplers.Go(func() { s.sampleMetrics(recCtx, db, stream.Tracker(), worker) })
+	samplers.Go(func() { s.pruneLog(recCtx, db) })
+	readers.Go("stream", readCtx, func() error { return stream.Run(readCtx, msgs) })
+	readers.Go("consumer", readCtx, func() error { return con.run(readCtx, pctx, msgs) })
+	// Like the consumer: stops claiming with readCtx, while the attempts it
+	// started run under pctx and are drained below.
+	readers.Go("retry queue", readCtx, func() error { return queue.Run(readCtx, pctx) })
+	s.state.streaming.Store(true)
+	readers.Wait()
+	s.state.streaming.Store(false)
+
+	// Drain: the HTTP attempts under way finish (each within the delivery
+	// timeout), their outcomes are written, and the slot learns how far that
+	// got. A failure or a hard stop skips the wait; what was not recorded is
+	// replayed.
+	drained := make(chan struct{})
+	var drainer conc.WaitGroup
+	drainer.Go(func() {
+		worker.Wait()
+		close(drained)
+	})
+	deadline := time.After(s.cfg.ShutdownTimeout)
+	select {
+	case <-drained:
+		// Writing the outcomes is bounded by the same deadline: a database
+		// that refuses them must not hold the shutdown forever.
+		fctx, fcancel := context.WithTimeout(pctx, s.cfg.ShutdownTimeout)
+		worker.Flush(fctx)
+		fcancel()
+	case <-deadline:
+		log.Warn("shutdown timeout: deliveries still running are left for the next start")
+	case <-pctx.Done():
+	}
+	failure := g.Cause()
+	stopRec()
+	g.Cancel()
+	drainer.Wait()
+	g.Wait()
+	samplers.Wait()
+	// Safe whatever happened: the tracker only ever counts finished work,
+	// and a failed change's transaction never finished.
+	s.advanceSlot(context.WithoutCancel(hard), db, stream.Tracker().Confirmed())
+	return failure
+}
+
+// newDelivery builds the worker that sends and records deliveries, and the
+// queue that feeds it the retries waiting in walhook.deliveries.
+func (s *Service) newDelivery(db *pgxpool.Pool) (*deliver.Worker, *deliver.Queue) {
+	d := s.cfg.Mapping.Delivery
+	wc := deliver.Config{
+		MaxInFlight:  d.MaxInFlight,
+		MaxPerHost:   d.MaxPerHost,
+		Timeout:      d.Timeout,
+		AllowHTTP:    s.cfg.AllowHTTP,
+		AllowPrivate: s.cfg.AllowPrivateTargets,
+		AllowCIDRs:   s.cfg.AllowTargetCIDRs,
+		Observer:     s.metrics,
+	}
+	if s.hooks.worker != nil {
+		s.hooks.worker(&wc)
+	}
+	worker := deliver.New(wc, db, s.log)
+	queue := deliver.NewQueue(deliver.QueueConfig{
+		Retry:     deliver.RetryPolicy{Schedule: d.Retry, History: d.History},
+		Timeout:   d.Timeout,
+		UserAgent: "walhook/" + Version,
+		Dialects:  s.dialects,
+	}, db, worker, s.log)
+	return worker, queue
+}
+
+// pruneLogEvery is how often a long-running leader trims the subscription
+// log; a start trims it too.
+const pruneLogEvery = 10 * time.Minute
+
+// pruneLog keeps walhook.subscription_log from growing with every
+// subscription change a long-running process applies. It prunes only up to
+// the slot's confirmed LSN as the server has it — the point a restart loads
+// as of — not this process's newer view of it.
+func (s *Service) pruneLog(ctx context.Context, db *pgxpool.Pool) {
+	t := time.NewTicker(pruneLogEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := withConn(ctx, db, func(conn *pgx.Conn) error {
+			si, err := cdc.Slot(ctx, conn, s.cfg.Slot)
+			if err != nil {
+				return err
+			}
+			return subs.Prune(ctx, db, si.ConfirmedFlush)
+		})
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("prune the subscription log; trying again later", "err", err)
+		}
+	}
+}
+
+// advanceSlot is the last status update after the stream closed: it moves the
+// slot to what finished during the drain.
+func (s *Service) advanceSlot(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	waitSlotReleased(ctx, db, s.cfg.Slot, 2*time.Second)
+	_, err := db.Exec(ctx, `SELECT pg_replication_slot_advance(slot_name, $2::text::pg_lsn)
+		FROM pg_replication_slots WHERE slot_name = $1 AND NOT active AND confirmed_flush_lsn < $2::text::pg_lsn`, s.cfg.Slot, lsn.String())
+	if err != nil {
+		s.log.Warn("advance slot after drain", "lsn", lsn.String(), "err", err)
+	}
+}
+
+func withConn(ctx context.Context, db *pgxpool.Pool, fn func(*pgx.Conn) error) error {
+	c, err := db.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acquire connection: %w", err)
+	}
+	defer c.Release()
+	return fn(c.Conn())
+}
