@@ -2,9 +2,16 @@ package deliver
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -309,5 +316,110 @@ func TestQueueClaimParksAndDrops(t *testing.T) {
 	}
 	if d := got[0]; d.sub != inactive || d.eventID != "evt_1" || d.url != "http://127.0.0.1:1/" || string(d.body) != "{}" {
 		t.Fatalf("claimed row = %+v, want the parked delivery", d)
+	}
+}
+
+// TestQueueSendsDueDeliveries: a running Queue sends what is due, signed
+// with the subscription's secret, as attempt number attempts-so-far + 1;
+// then the row is deleted when the delivery succeeded or the schedule is
+// used up, and otherwise rescheduled, unlocked, for the schedule's delay.
+func TestQueueSendsDueDeliveries(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := newSchemaDB(t)
+	key := []byte("0123456789abcdef01234567")
+	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
+
+	var signed sync.Map // event id → whether the signature verified
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		id := r.Header.Get("webhook-id")
+		ts, _ := strconv.ParseInt(r.Header.Get("webhook-timestamp"), 10, 64)
+		signed.Store(id, r.Header.Get("webhook-signature") == Sign(key, id, ts, body))
+		status, _ := strconv.Atoi(r.URL.Query().Get("status"))
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(srv.Close)
+
+	w := startWorker(t, db, testPolicy) // schedule of 3 attempts
+	q := NewQueue(QueueConfig{Name: "sender", PollInterval: 20 * time.Millisecond, Retry: testPolicy}, db, w, slog.New(slog.DiscardHandler))
+	stop, cancel := context.WithCancel(ctx)
+	var wg conc.WaitGroup
+	wg.Go(func() { _ = q.Run(stop, ctx) })
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+
+	tests := []struct {
+		name         string
+		status       int
+		madeBefore   int // attempts already made
+		wantKept     bool
+		wantDelayMin time.Duration // of a kept row
+		wantDelayMax time.Duration
+	}{
+		{name: "success deletes the row", status: 204, madeBefore: 1},
+		{name: "failure reschedules", status: 500, madeBefore: 1, wantKept: true,
+			wantDelayMin: time.Duration(float64(time.Hour) * (1 - DefaultJitter)), wantDelayMax: time.Duration(float64(time.Hour) * (1 + DefaultJitter))},
+		{name: "failure of the last attempt deletes the row", status: 500, madeBefore: 2},
+		{name: "a row with no attempt yet, as redeliver() queues it", status: 200, madeBefore: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			url := fmt.Sprintf("%s/hook?status=%d", srv.URL, tc.status)
+			var sub string
+			if err := db.QueryRow(ctx, `INSERT INTO walhook.subscriptions (owner, event, target_url, secret)
+				VALUES ('acme', 'order.created', $1, $2) RETURNING id::text`, url, secret).Scan(&sub); err != nil {
+				t.Fatal(err)
+			}
+			eventID := "evt_" + sub
+			var id int64
+			if err := db.QueryRow(ctx, `INSERT INTO walhook.deliveries (subscription_id, event_id, event, target_url, body, attempt)
+				VALUES ($1, $2, 'order.created', $3, '{"queued":true}', $4) RETURNING id`, sub, eventID, url, tc.madeBefore).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			before := dbNow(t, db)
+			var attempt int
+			deadline := time.Now().Add(pgWait)
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				err := db.QueryRow(ctx, `SELECT attempt FROM walhook.attempts WHERE event_id = $1`, eventID).Scan(&attempt)
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, pgx.ErrNoRows) {
+					t.Fatal(err)
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no attempt recorded within %s", pgWait)
+				}
+				<-tick.C
+			}
+			after := dbNow(t, db)
+			if attempt != tc.madeBefore+1 {
+				t.Fatalf("recorded attempt #%d, want #%d", attempt, tc.madeBefore+1)
+			}
+			if ok, _ := signed.Load(eventID); ok != true {
+				t.Fatalf("signature verified: %v, want true", ok)
+			}
+			rows, err := readQueued(ctx, db, sub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kept := len(rows) == 1; kept != tc.wantKept || len(rows) > 1 {
+				t.Fatalf("queued rows after the attempt = %d, want kept: %v", len(rows), tc.wantKept)
+			}
+			if !tc.wantKept {
+				return
+			}
+			d := rows[0]
+			lo, hi := before.Add(tc.wantDelayMin-time.Millisecond), after.Add(tc.wantDelayMax+time.Millisecond)
+			if d.attempt != tc.madeBefore+1 || d.lockedBy != nil || d.next.Before(lo) || d.next.After(hi) {
+				t.Fatalf("rescheduled row = attempt %d, locked_by %s, due %s; want %d, NULL, in [%s, %s]",
+					d.attempt, ptrString(d.lockedBy), d.next, tc.madeBefore+1, lo, hi)
+			}
+		})
 	}
 }
