@@ -260,80 +260,177 @@ func TestStreamDeliversCommittedWork(t *testing.T) {
 	}
 }
 
+// walsender reads the WAL sender's progress on db's slot: how far it has
+// sent (decoded) and when the stream last replied.
+func (db *slotDB) walsender(tb testing.TB) (sent pglogrepl.LSN, replied time.Time) {
+	tb.Helper()
+	var sentText *string
+	var reply *time.Time
+	err := db.conn.QueryRow(context.Background(), `SELECT r.sent_lsn::text, r.reply_time
+		FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+		WHERE s.slot_name = $1`, db.slot).Scan(&sentText, &reply)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, time.Time{}
+	}
+	if err != nil {
+		tb.Fatalf("read pg_stat_replication: %v", err)
+	}
+	if sentText != nil {
+		if sent, err = pglogrepl.ParseLSN(*sentText); err != nil {
+			tb.Fatalf("ParseLSN(%q) = %v", *sentText, err)
+		}
+	}
+	if reply != nil {
+		replied = *reply
+	}
+	return sent, replied
+}
+
+// writeUnpublished writes WAL the publication filters out and returns a
+// position inside it, before its commit.
+func (db *slotDB) writeUnpublished(tb testing.TB) pglogrepl.LSN {
+	tb.Helper()
+	ctx := context.Background()
+	var lsnText string
+	err := pgx.BeginFunc(ctx, db.conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO public.unpublished (note) SELECT 'filler' FROM generate_series(1, 100)`); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsnText)
+	})
+	if err != nil {
+		tb.Fatalf("write unpublished rows: %v", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(lsnText)
+	if err != nil {
+		tb.Fatalf("ParseLSN(%q) = %v", lsnText, err)
+	}
+	return lsn
+}
+
 // TestStreamAcknowledgesOnlyFinishedWork: the tracker does not confirm past a
-// transaction with outstanding work; the slot keeps what was not confirmed,
-// so a restarted stream sends that transaction again and not the one before.
+// transaction with outstanding work, not even on keepalives that come after
+// it; the slot keeps what was not confirmed, so a stream restarted after a
+// stop or a lost connection sends that transaction again and not the one
+// before.
 func TestStreamAcknowledgesOnlyFinishedWork(t *testing.T) {
 	t.Parallel()
-	db := newSlotDB(t)
-	r := startStream(t, db, db.start)
-	tr := r.s.Tracker()
+	tests := []struct {
+		name string
+		// end ends the first stream and checks how Run returned.
+		end func(t *testing.T, db *slotDB, r *running)
+	}{
+		{name: "stop", end: func(t *testing.T, db *slotDB, r *running) {
+			if err := r.halt(); !errors.Is(err, context.Canceled) {
+				t.Fatalf("Run() after stop = %v, want context.Canceled", err)
+			}
+			// The last status update reports the tracker's position.
+			if got, want := db.slotInfo(t).ConfirmedFlush, r.s.Tracker().Confirmed(); got != want {
+				t.Fatalf("slot confirmed_flush_lsn after stop = %s, want the tracker's %s", got, want)
+			}
+		}},
+		{name: "connection lost", end: func(t *testing.T, db *slotDB, r *running) {
+			pid := db.slotInfo(t).ActivePID
+			db.exec(t, `SELECT pg_terminate_backend($1)`, pid)
+			select {
+			case <-r.done:
+			case <-time.After(waitTimeout):
+				t.Fatalf("Run() still running %s after its WAL sender was terminated", waitTimeout)
+			}
+			if err := r.halt(); err == nil || errors.Is(err, context.Canceled) {
+				t.Fatalf("Run() after losing its connection = %v, want an error", err)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			db := newSlotDB(t)
+			r := startStream(t, db, db.start)
+			tr := r.s.Tracker()
 
-	// receive reads one transaction of one change, adding a unit of work
-	// to it, and seals it at its commit.
-	receive := func(what string) *Txn {
-		t.Helper()
-		m := r.next(t)
-		if m.Kind != KindChange {
-			t.Fatalf("%s: first message = %s, want a change", what, describe(m))
-		}
-		m.Txn.Add(1)
-		c := r.next(t)
-		if c.Kind != KindCommit || c.Txn != m.Txn {
-			t.Fatalf("%s: second message = %s, want its commit", what, describe(c))
-		}
-		c.Txn.Seal()
-		return c.Txn
-	}
+			// receive reads one transaction of one change, adding a unit
+			// of work to it, and seals it at its commit.
+			receive := func(what string) *Txn {
+				t.Helper()
+				m := r.next(t)
+				if m.Kind != KindChange {
+					t.Fatalf("%s: first message = %s, want a change", what, describe(m))
+				}
+				m.Txn.Add(1)
+				c := r.next(t)
+				if c.Kind != KindCommit || c.Txn != m.Txn {
+					t.Fatalf("%s: second message = %s, want its commit", what, describe(c))
+				}
+				c.Txn.Seal()
+				return c.Txn
+			}
 
-	db.exec(t, `INSERT INTO public.items VALUES (1, 'acknowledged', 1)`)
-	a := receive("first transaction")
-	if got := tr.Confirmed(); got >= a.EndLSN {
-		t.Fatalf("Confirmed() with work outstanding = %s, want below its end %s", got, a.EndLSN)
-	}
-	a.Done()
-	if got := tr.Confirmed(); got != a.EndLSN {
-		t.Fatalf("Confirmed() after Done = %s, want %s", got, a.EndLSN)
-	}
+			db.exec(t, `INSERT INTO public.items VALUES (1, 'acknowledged', 1)`)
+			a := receive("first transaction")
+			if got := tr.Confirmed(); got >= a.EndLSN {
+				t.Fatalf("Confirmed() with work outstanding = %s, want below its end %s", got, a.EndLSN)
+			}
+			a.Done()
+			if got := tr.Confirmed(); got != a.EndLSN {
+				t.Fatalf("Confirmed() after Done = %s, want %s", got, a.EndLSN)
+			}
 
-	db.exec(t, `INSERT INTO public.items VALUES (2, 'unacknowledged', 2)`)
-	b := receive("second transaction") // its work is never done
-	// Keepalives come while the stream idles; none may move past b.
-	waitUntil(t, "the slot to confirm the first transaction", func() bool {
-		return db.slotInfo(t).ConfirmedFlush >= a.EndLSN
-	})
-	// An idle keepalive between the two may have moved Confirmed past a
-	// (WAL of other databases), but never to b's commit: the server skips
-	// on restart every transaction whose commit record starts before the
-	// confirmed position.
-	if got := tr.Confirmed(); got < a.EndLSN || got > b.CommitLSN {
-		t.Fatalf("Confirmed() with the second transaction outstanding = %s, want in [%s, %s]", got, a.EndLSN, b.CommitLSN)
-	}
-	if tr.Pending() != 1 {
-		t.Fatalf("Pending() = %d, want 1", tr.Pending())
-	}
-	if err := r.halt(); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Run() after stop = %v, want context.Canceled", err)
-	}
-	si := db.slotInfo(t)
-	if si.ConfirmedFlush != tr.Confirmed() || si.ConfirmedFlush > b.CommitLSN {
-		t.Fatalf("slot confirmed_flush_lsn after stop = %s, want the tracker's %s, not past %s", si.ConfirmedFlush, tr.Confirmed(), b.CommitLSN)
-	}
+			db.exec(t, `INSERT INTO public.items VALUES (2, 'unacknowledged', 2)`)
+			b := receive("second transaction") // its work is never done
 
-	// The slot is released when the WAL sender notices the closed
-	// connection; until then a new stream would be refused.
-	waitUntil(t, "the slot to be released", func() bool { return !db.slotInfo(t).Active })
-	r2 := startStream(t, db, si.ConfirmedFlush)
-	m := r2.next(t)
-	if m.Kind != KindChange || m.Txn.CommitLSN != b.CommitLSN {
-		t.Fatalf("first message after restart = %s at %s, want the unacknowledged change at %s",
-			describe(m), m.Txn.CommitLSN, b.CommitLSN)
-	}
-	if got, want := rowString(m.Change.New), "2,unacknowledged,2"; got != want {
-		t.Fatalf("replayed row = %s, want %s", got, want)
-	}
-	if c := r2.next(t); c.Kind != KindCommit || c.Txn.EndLSN != b.EndLSN {
-		t.Fatalf("second message after restart = %s, want the commit ending at %s", describe(c), b.EndLSN)
+			// WAL after b that the publication filters out: once the WAL
+			// sender is past it, it sends keepalives with that position,
+			// which must not move the tracker while b is pending.
+			after := db.writeUnpublished(t)
+			waitUntil(t, "the WAL sender to pass the unpublished rows", func() bool {
+				sent, _ := db.walsender(t)
+				return sent > after
+			})
+			_, replied := db.walsender(t)
+			for i := range 2 {
+				waitUntil(t, fmt.Sprintf("status update %d after that", i+1), func() bool {
+					_, at := db.walsender(t)
+					return at.After(replied)
+				})
+				_, replied = db.walsender(t)
+			}
+			// An idle keepalive between a and b may have moved Confirmed
+			// past a (WAL of other databases), but never to b's commit:
+			// the server skips on restart every transaction whose commit
+			// record starts before the confirmed position.
+			if got := tr.Confirmed(); got < a.EndLSN || got > b.CommitLSN {
+				t.Fatalf("Confirmed() with the second transaction outstanding = %s, want in [%s, %s]", got, a.EndLSN, b.CommitLSN)
+			}
+			if got := db.slotInfo(t).ConfirmedFlush; got < a.EndLSN || got > b.CommitLSN {
+				t.Fatalf("slot confirmed_flush_lsn = %s, want in [%s, %s]", got, a.EndLSN, b.CommitLSN)
+			}
+			if tr.Pending() != 1 {
+				t.Fatalf("Pending() = %d, want 1", tr.Pending())
+			}
+
+			tc.end(t, db, r)
+
+			// The slot is released when the WAL sender notices the closed
+			// connection; until then a new stream would be refused.
+			waitUntil(t, "the slot to be released", func() bool { return !db.slotInfo(t).Active })
+			si := db.slotInfo(t)
+			if si.ConfirmedFlush < a.EndLSN || si.ConfirmedFlush > b.CommitLSN {
+				t.Fatalf("slot confirmed_flush_lsn after the end = %s, want in [%s, %s]", si.ConfirmedFlush, a.EndLSN, b.CommitLSN)
+			}
+			r2 := startStream(t, db, si.ConfirmedFlush)
+			m := r2.next(t)
+			if m.Kind != KindChange || m.Txn.CommitLSN != b.CommitLSN {
+				t.Fatalf("first message after restart = %s at %s, want the unacknowledged change at %s",
+					describe(m), m.Txn.CommitLSN, b.CommitLSN)
+			}
+			if got, want := rowString(m.Change.New), "2,unacknowledged,2"; got != want {
+				t.Fatalf("replayed row = %s, want %s", got, want)
+			}
+			if c := r2.next(t); c.Kind != KindCommit || c.Txn.EndLSN != b.EndLSN {
+				t.Fatalf("second message after restart = %s, want the commit ending at %s", describe(c), b.EndLSN)
+			}
+		})
 	}
 }
 
@@ -371,21 +468,7 @@ func TestStreamIdleSlotAdvances(t *testing.T) {
 	r := startStream(t, db, db.start)
 	waitUntil(t, "the slot to be active", func() bool { return db.slotInfo(t).Active })
 
-	var lsnText string
-	ctx := context.Background()
-	err := pgx.BeginFunc(ctx, db.conn, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO public.unpublished (note) SELECT 'filler' FROM generate_series(1, 100)`); err != nil {
-			return err
-		}
-		return tx.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsnText)
-	})
-	if err != nil {
-		t.Fatalf("write unpublished rows: %v", err)
-	}
-	written, err := pglogrepl.ParseLSN(lsnText)
-	if err != nil {
-		t.Fatalf("ParseLSN(%q) = %v", lsnText, err)
-	}
+	written := db.writeUnpublished(t)
 	waitUntil(t, fmt.Sprintf("the idle slot to confirm past %s", written), func() bool {
 		return db.slotInfo(t).ConfirmedFlush > written
 	})
