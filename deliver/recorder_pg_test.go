@@ -77,7 +77,7 @@ func dbNow(tb testing.TB, db *pgxpool.Pool) time.Time {
 
 // newReceiver answers each request with the status in its ?status= (204 by
 // default), a Retry-After of ?retry_after= when given, and a body naming
-// the status. httptest listens on 127.0.0.1 only.
+// the status, or with ?binary one that is not valid text. httptest listens on 127.0.0.1 only.
 func newReceiver(tb testing.TB) *httptest.Server {
 	tb.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -89,6 +89,10 @@ func newReceiver(tb testing.TB) *httptest.Server {
 			w.Header().Set("Retry-After", ra)
 		}
 		w.WriteHeader(status)
+		if r.URL.Query().Has("binary") {
+			_, _ = w.Write([]byte("bad\x00\xffbytes"))
+			return
+		}
 		fmt.Fprintf(w, "answer %d", status)
 	}))
 	tb.Cleanup(srv.Close)
@@ -232,6 +236,8 @@ func TestRecorderWritesAttempt(t *testing.T) {
 		{name: "Retry-After postpones the retry", url: srv.URL + "/hook?status=429&retry_after=3600",
 			wantStatus: "failed", wantResp: "429", wantExcerp: "answer 429",
 			queuedMin: time.Hour, queuedMax: time.Hour},
+		{name: "an excerpt that is not text is stored as text", url: srv.URL + "/hook?status=200&binary",
+			wantStatus: "succeeded", wantResp: "200", wantExcerp: "bad\uFFFDbytes"},
 		{name: "connection refused queues a retry", url: downURL + "/hook",
 			wantStatus: "failed", wantResp: "NULL", wantExcerp: "NULL", wantErr: true,
 			queuedMin: time.Duration(float64(10*time.Minute) * (1 - jitter)), queuedMax: time.Duration(float64(10*time.Minute) * (1 + jitter))},
