@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -288,37 +289,47 @@ func (rc *recorder) write(ctx context.Context, batch []record) error {
 	}
 
 	kept := newestPerSubscription(batch, p.History)
-	return pgx.BeginFunc(ctx, rc.db, func(tx pgx.Tx) error {
-		if err := rc.insertAttempts(ctx, tx, kept); err != nil {
-			return err
+	tx, err := rc.db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin recording %d attempts: %w", len(batch), err)
+	}
+	// A no-op once committed; on error it discards the whole batch.
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := rc.insertAttempts(ctx, tx, kept); err != nil {
+		return err
+	}
+	if len(newQ.sub) > 0 {
+		if _, err := tx.Exec(ctx, `INSERT INTO walhook.deliveries
+			(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect, committed_at)
+			SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond', nullif(dl, ''), c
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[],
+				$10::text[], $11::timestamptz[])
+				AS q(s, e, ev, u, m, h, b, n, d, dl, c)`,
+			newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS,
+			newQ.dialect, newQ.committed); err != nil {
+			return fmt.Errorf("queue %d retries: %w", len(newQ.sub), err)
 		}
-		if len(newQ.sub) > 0 {
-			if _, err := tx.Exec(ctx, `INSERT INTO walhook.deliveries
-				(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect, committed_at)
-				SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond', nullif(dl, ''), c
-				FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[],
-					$10::text[], $11::timestamptz[])
-					AS q(s, e, ev, u, m, h, b, n, d, dl, c)`,
-				newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS,
-				newQ.dialect, newQ.committed); err != nil {
-				return err
-			}
+	}
+	if len(retryQ) > 0 {
+		if _, err := tx.Exec(ctx, `UPDATE walhook.deliveries d
+			SET attempt = q.n, next_attempt_at = now() + q.ms * interval '1 millisecond', locked_by = NULL
+			FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS q(id, ms, n) WHERE d.id = q.id`,
+			retryQ, retryD, retryN); err != nil {
+			return fmt.Errorf("reschedule %d queued deliveries: %w", len(retryQ), err)
 		}
-		if len(retryQ) > 0 {
-			if _, err := tx.Exec(ctx, `UPDATE walhook.deliveries d
-				SET attempt = q.n, next_attempt_at = now() + q.ms * interval '1 millisecond', locked_by = NULL
-				FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS q(id, ms, n) WHERE d.id = q.id`,
-				retryQ, retryD, retryN); err != nil {
-				return err
-			}
+	}
+	if len(doneQ) > 0 {
+		if _, err := tx.Exec(ctx, `DELETE FROM walhook.deliveries WHERE id = ANY($1)`, doneQ); err != nil {
+			return fmt.Errorf("delete %d finished deliveries: %w", len(doneQ), err)
 		}
-		if len(doneQ) > 0 {
-			if _, err := tx.Exec(ctx, `DELETE FROM walhook.deliveries WHERE id = ANY($1)`, doneQ); err != nil {
-				return err
-			}
-		}
-		return rc.account(ctx, tx, p, tally)
-	})
+	}
+	if err := rc.account(ctx, tx, p, tally); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit %d attempts: %w", len(batch), err)
+	}
+	return nil
 }
 
 // account applies a batch to the subscriptions it touched: failure counts,
@@ -350,7 +361,7 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 	}
 	if len(zero) > 0 {
 		if _, err := tx.Exec(ctx, `DELETE FROM walhook.subscription_failures WHERE subscription_id = ANY($1::uuid[])`, zero); err != nil {
-			return err
+			return fmt.Errorf("reset failure counts: %w", err)
 		}
 	}
 	if len(setIDs) > 0 {
@@ -358,7 +369,7 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 			SELECT * FROM unnest($1::uuid[], $2::int[])
 			ON CONFLICT (subscription_id) DO UPDATE SET consecutive_failures = excluded.consecutive_failures`,
 			setIDs, setN); err != nil {
-			return err
+			return fmt.Errorf("set failure counts: %w", err)
 		}
 	}
 	var suspended []string
@@ -368,7 +379,7 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 			ON CONFLICT (subscription_id) DO UPDATE SET consecutive_failures = f.consecutive_failures + excluded.consecutive_failures
 			RETURNING subscription_id::text, consecutive_failures`, addIDs, addN)
 		if err != nil {
-			return err
+			return fmt.Errorf("count failures: %w", err)
 		}
 		var id string
 		var n int
@@ -378,7 +389,7 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 			}
 			return nil
 		}); err != nil {
-			return err
+			return fmt.Errorf("count failures: %w", err)
 		}
 	}
 	// Deactivating updates walhook.subscriptions, which is in the
@@ -387,19 +398,19 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 	if len(gone) > 0 {
 		if _, err := tx.Exec(ctx, `UPDATE walhook.subscriptions SET active = false, status_message = $2, updated_at = now()
 			WHERE id = ANY($1::uuid[]) AND active`, gone, GoneMessage); err != nil {
-			return err
+			return fmt.Errorf("deactivate gone subscriptions: %w", err)
 		}
 		// The receiver said the endpoint is gone for good: queued retries to
 		// it would only fail again.
 		if _, err := tx.Exec(ctx, `DELETE FROM walhook.deliveries WHERE subscription_id = ANY($1::uuid[])`, gone); err != nil {
-			return err
+			return fmt.Errorf("drop deliveries of gone subscriptions: %w", err)
 		}
 	}
 	if len(suspended) > 0 {
 		// Queued retries stay: activate() resumes them.
 		if _, err := tx.Exec(ctx, `UPDATE walhook.subscriptions SET active = false, status_message = $2, updated_at = now()
 			WHERE id = ANY($1::uuid[]) AND active`, suspended, SuspendedMessage); err != nil {
-			return err
+			return fmt.Errorf("suspend subscriptions: %w", err)
 		}
 		for _, id := range suspended {
 			rc.log.Warn("subscription suspended after consecutive failed attempts", "subscription_id", id, "attempts", p.History)
@@ -413,7 +424,10 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 			 ORDER BY x.id DESC OFFSET $2 - 1 LIMIT 1) AS oldest_kept
 			FROM unnest($1::uuid[]) AS s(id)) k
 		WHERE a.subscription_id = k.sid AND a.id < k.oldest_kept`, ids, p.History)
-	return err
+	if err != nil {
+		return fmt.Errorf("prune attempt history: %w", err)
+	}
+	return nil
 }
 
 // queueRows are first attempts to queue for a retry, as column arrays.
@@ -534,7 +548,10 @@ func (rc *recorder) insertAttempts(ctx context.Context, tx pgx.Tx, batch []recor
 			rc.copyRefused.Store(true)
 			rc.log.Info("COPY refused under row-level security; recording attempts with INSERT")
 		}
-		return err
+		if err != nil {
+			return fmt.Errorf("copy attempts: %w", err)
+		}
+		return nil
 	}
 	n := len(batch)
 	var (
@@ -573,7 +590,10 @@ func (rc *recorder) insertAttempts(ctx context.Context, tx pgx.Tx, batch []recor
 		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], $7::text[], $8::text[],
 			$9::text[], $10::text[], $11::jsonb[], $12::bytea[], $13::int[], $14::text[])`,
 		sub, eventID, event, attempt, status, respStatus, excerpt, errText, url, method, headers, body, duration, dialect)
-	return err
+	if err != nil {
+		return fmt.Errorf("insert attempts: %w", err)
+	}
+	return nil
 }
 
 // storedHeaders keeps the dialect's headers for redelivery, minus anything
