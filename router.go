@@ -188,7 +188,7 @@ func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change
 		}
 		if ok {
 			dst = append(dst, mapping.Event{
-				ID: mapping.EventID(ch.Tx.Source, uint64(ch.Tx.CommitLSN), ch.Seq, d.Name), Name: d.Name, Table: t, Change: ch})
+				ID: mapping.EventID(ch.Tx.Source, ch.Tx.CommitLSN, ch.Seq, d.Name), Name: d.Name, Table: t, Change: ch})
 		}
 	}
 	r.metrics.EventsProduced.Add(float64(len(dst)))

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/walhook/walhook/internal/change"
 )
 
@@ -140,7 +141,7 @@ func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
 	}
 	if name := t.events[ch.Op]; name != "" {
 		dst = append(dst, Event{
-			ID:     EventID(ch.Tx.Source, uint64(ch.Tx.CommitLSN), ch.Seq, name),
+			ID:     EventID(ch.Tx.Source, ch.Tx.CommitLSN, ch.Seq, name),
 			Name:   name,
 			Table:  t,
 			Change: ch,
@@ -163,14 +164,13 @@ func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
 // over len(source) (uint16 big-endian), source, commitLSN (uint64
 // big-endian), seq (uint32 big-endian) and name.
 //
-// commitLSN is a bare uint64, not pglogrepl.LSN, to keep the signature free
-// of the replication client's types; pass uint64(tx.CommitLSN).
-func EventID(source string, commitLSN uint64, seq uint32, name string) string {
+// LSNs are pglogrepl.LSN end to end, here too: change.Tx carries them so.
+func EventID(source string, commitLSN pglogrepl.LSN, seq uint32, name string) string {
 	// Hash from a stack buffer: names are short, so this does not allocate.
 	var buf [192]byte
 	in := binary.BigEndian.AppendUint16(buf[:0], uint16(len(source)))
 	in = append(in, source...)
-	in = binary.BigEndian.AppendUint64(in, commitLSN)
+	in = binary.BigEndian.AppendUint64(in, uint64(commitLSN))
 	in = binary.BigEndian.AppendUint32(in, seq)
 	in = append(in, name...)
 	sum := sha256.Sum256(in)

@@ -120,7 +120,7 @@ func TestMap(t *testing.T) {
 			var names []string
 			for _, e := range got[1:] {
 				names = append(names, e.Name)
-				if want := EventID(testTx.Source, uint64(testTx.CommitLSN), 3, e.Name); e.ID != want {
+				if want := EventID(testTx.Source, testTx.CommitLSN, 3, e.Name); e.ID != want {
 					t.Fatalf("Map() id = %s, want EventID() = %s", e.ID, want)
 				}
 				if e.Change != ch || e.Table == nil || e.Table.Name != "public.orders" {
@@ -382,7 +382,7 @@ func TestEventID(t *testing.T) {
 	tests := []struct {
 		name string
 		src  string
-		lsn  uint64
+		lsn  pglogrepl.LSN
 		seq  uint32
 		ev   string
 	}{

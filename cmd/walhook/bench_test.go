@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walhook/walhook/internal/bench"
 	"github.com/walhook/walhook/internal/pgtest"
 )
 
@@ -19,12 +20,12 @@ func TestBench(t *testing.T) {
 	tests := []struct {
 		name  string
 		args  []string
-		check func(t *testing.T, r *benchResult)
+		check func(t *testing.T, r *bench.Result)
 	}{
 		{
 			name: "full",
 			args: []string{"--rows", "300", "--tx-size", "50", "--subscriptions", "2", "--rate", "100", "--duration", "1s", "--http-requests", "500"},
-			check: func(t *testing.T, r *benchResult) {
+			check: func(t *testing.T, r *bench.Result) {
 				if r.Stream == nil || r.Stream.RowsPerSec <= 0 {
 					t.Errorf("stream limit = %+v, want a rate", r.Stream)
 				}
@@ -46,7 +47,7 @@ func TestBench(t *testing.T) {
 		{
 			name: "single transaction",
 			args: []string{"--rss-rows", "500"},
-			check: func(t *testing.T, r *benchResult) {
+			check: func(t *testing.T, r *bench.Result) {
 				if d := r.SingleTx; d == nil || d.Deliveries != 500 || d.PeakRSSMiB <= 0 {
 					t.Errorf("single tx = %+v, want 500 deliveries and a peak RSS", d)
 				}
@@ -69,7 +70,7 @@ func TestBench(t *testing.T) {
 			if err := run(ctx, args, &stdout, &stderr); err != nil {
 				t.Fatalf("run(%v) = %v; stderr:\n%s", args, err, stderr.String())
 			}
-			var r benchResult
+			var r bench.Result
 			if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 				t.Fatalf("decode output %q: %v", stdout.String(), err)
 			}
