@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -47,8 +48,10 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) 
 	}
 	owners := acl.NewOwners(ownerLoader{db: db, cfg: oc, m: s.metrics}, 0)
 	log := s.log.With("component", "pipeline")
+	r := newRouter(s.mapper, s.rules, idx, owners, out, pgStore{db}, s.dialects, log, s.metrics)
+	r.holder = pgHolder{db}
 	return &consumer{
-		router:         newRouter(s.mapper, s.rules, idx, owners, out, pgStore{db}, s.dialects, log, s.metrics),
+		router:         r,
 		owners:         owners,
 		watched:        watched,
 		mapper:         s.mapper,
@@ -60,10 +63,18 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) 
 	}
 }
 
+// releaseEvery is how often the consumer looks for held deliveries whose
+// release was asked for.
+const releaseEvery = time.Second
+
 // run consumes until stop ends; deliveries use work, which outlives stop so
-// that they can finish during a drain.
+// that they can finish during a drain. Between transactions it judges again
+// the held deliveries whose release was asked for: on this goroutine, so
+// that they see the subscription index as it stands.
 func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) error {
 	inTx := false
+	tick := time.NewTicker(releaseEvery)
+	defer tick.Stop()
 	for {
 		select {
 		case <-stop.Done():
@@ -73,8 +84,34 @@ func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) erro
 				return err
 			}
 			inTx = m.Kind != cdc.KindCommit
+		case <-tick.C:
+			if inTx {
+				continue
+			}
+			for {
+				n, err := c.releaseHeld(work)
+				if err != nil {
+					if transient(err) {
+						return err
+					}
+					c.log.Warn("judge held deliveries again; trying later", "err", err)
+					break
+				}
+				if n < releaseBatch || stop.Err() != nil {
+					break
+				}
+			}
 		}
 	}
+}
+
+// releaser is a router for judging held deliveries again: it shares the
+// index, rules and owners, and hands its requests and holds to the caller.
+func (c *consumer) releaser(out submitter) *router {
+	r := c.router
+	rr := newRouter(r.mapper, r.rules, r.idx, r.owners, out, r.store, r.dialects, r.log, r.metrics)
+	rr.holdLog = r.holdLog
+	return rr
 }
 
 // finishTx runs on stop: a transaction whose commit is already buffered is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/walhook/walhook/acl"
@@ -76,6 +77,19 @@ type router struct {
 	// afresh, which only delays the deactivation.
 	missing map[string]int
 
+	// holder writes what route holds; nil in a release, whose caller
+	// writes pendingHolds in its own transaction.
+	holder  holder
+	holdLog *holdLog
+	// only restricts matches to one subscription (a release of a delivery
+	// held for it); "" matches every subscription.
+	only string
+	// shapes caches mismatch's verdict per relation.
+	shapes map[*change.Relation]string
+
+	// pendingHolds are the current change's held deliveries.
+	pendingHolds []held
+
 	// Scratch space reused for every change.
 	events  []mapping.Event
 	sites   []string
@@ -94,6 +108,10 @@ type verdict struct {
 	allowedOld map[string]bool
 	// found holds the owners that exist; nil when the rule needs none.
 	found map[string]map[string]any
+	// failed holds the owners whose rule evaluation failed, with the error.
+	failed map[string]error
+	// ownersErr is why owners could not be loaded; every match is held.
+	ownersErr error
 }
 
 func newRouter(mapper *mapping.Mapper, rules *acl.Rules, idx *subs.Index, owners ownerSource, out submitter,
@@ -103,7 +121,9 @@ func newRouter(mapper *mapping.Mapper, rules *acl.Rules, idx *subs.Index, owners
 		log: log, metrics: m, now: time.Now,
 		missing: map[string]int{},
 		sent:    map[string]bool{},
-		verdict: verdict{allowed: map[string]bool{}},
+		shapes:  map[*change.Relation]string{},
+		holdLog: &holdLog{log: log},
+		verdict: verdict{allowed: map[string]bool{}, failed: map[string]error{}},
 	}
 }
 
@@ -123,27 +143,61 @@ func (i *input) get() *acl.Input {
 }
 
 // route delivers ch, a change of the transaction txn, whose writer set
-// txSites with walhook.set_site() before it.
+// txSites with walhook.set_site() before it. What it cannot judge or shape
+// it holds; the holds are durable when route returns.
 func (r *router) route(ctx context.Context, txn work, ch *change.Change, txSites []string) error {
 	t := r.mapper.Table(ch.Relation.QualifiedName())
 	if t == nil {
 		return nil // not a mapped table: it produces no event
 	}
+	r.pendingHolds = r.pendingHolds[:0]
+	if why := r.mismatch(t, ch.Relation); why != "" {
+		// The row's events and site cannot be trusted: hold the change
+		// whole, to be routed again once the config fits.
+		r.hold(held{cause: metrics.HeldSchema, reason: why, table: t.Name, ch: ch, sites: txSites})
+		return r.flushHolds(ctx)
+	}
+	if err := r.routeEvents(ctx, txn, t, ch, txSites); err != nil {
+		return err
+	}
+	return r.flushHolds(ctx)
+}
+
+// routeEvents derives, matches, judges and fans out ch's events.
+func (r *router) routeEvents(ctx context.Context, txn work, t *mapping.Table, ch *change.Change, txSites []string) error {
 	site := t.Site(ch)
 	in := &input{ch: ch, site: site}
-	r.events = r.derive(r.events[:0], t, ch, in)
-	if len(r.events) == 0 {
-		return nil
-	}
 	r.sites = subs.AppendAncestors(r.sites[:0], site)
 	for _, s := range txSites {
 		r.sites = subs.AppendAncestors(r.sites, s)
 	}
+	var failedWhen []failedEvent
+	var payloadErr error
+	r.events, failedWhen, payloadErr = r.derive(r.events[:0], t, ch, in)
+	for _, f := range failedWhen {
+		// Whether the event exists is unknown: hold it for everyone who
+		// would get it if it did.
+		r.matched = r.match(r.matched[:0], f.name)
+		id := mapping.EventID(ch.Tx.Source, ch.Tx.CommitLSN, ch.Seq, f.name)
+		for _, s := range r.matched {
+			r.hold(held{cause: metrics.HeldRule, reason: f.err.Error(), table: t.Name, sub: s.ID, owner: s.Owner,
+				event: f.name, eventID: id, ch: ch, sites: txSites})
+		}
+	}
 	judged := false
 	for i := range r.events {
 		ev := &r.events[i]
-		r.matched = r.idx.Match(r.matched[:0], ev.Name, r.sites)
+		r.matched = r.match(r.matched[:0], ev.Name)
 		if len(r.matched) == 0 {
+			continue
+		}
+		if payloadErr != nil {
+			// The body cannot be built as configured; sending the raw
+			// columns instead could show what the payload leaves out.
+			for _, s := range r.matched {
+				r.hold(held{cause: metrics.HeldPayload, reason: payloadErr.Error(), table: t.Name, sub: s.ID, owner: s.Owner,
+					event: ev.Name, eventID: ev.ID, ch: ch, sites: txSites})
+			}
 			continue
 		}
 		// One judgement per change serves all its events: the rule reads
@@ -154,11 +208,46 @@ func (r *router) route(ctx context.Context, txn work, ch *change.Change, txSites
 			}
 			judged = true
 		}
-		if err := r.fanOut(ctx, txn, ev, site); err != nil {
+		if err := r.fanOut(ctx, txn, ev, site, txSites); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// match appends the active subscriptions to event at the change's sites
+// (r.sites), only the one a release is for when r.only is set.
+func (r *router) match(dst []*subs.Subscription, event string) []*subs.Subscription {
+	dst = r.idx.Match(dst, event, r.sites)
+	if r.only != "" {
+		dst = slices.DeleteFunc(dst, func(s *subs.Subscription) bool { return s.ID != r.only })
+	}
+	return dst
+}
+
+// hold records a held delivery of the current change.
+func (r *router) hold(h held) {
+	r.pendingHolds = append(r.pendingHolds, h)
+	r.metrics.Held.WithLabelValues(h.cause).Inc()
+	r.holdLog.held(&h)
+}
+
+// flushHolds writes the current change's holds, durably, before the change
+// may be acknowledged. In a release the caller writes them.
+func (r *router) flushHolds(ctx context.Context) error {
+	if len(r.pendingHolds) == 0 || r.holder == nil {
+		return nil
+	}
+	err := r.holder.Hold(ctx, r.pendingHolds)
+	clear(r.pendingHolds)
+	r.pendingHolds = r.pendingHolds[:0]
+	return err
+}
+
+// failedEvent is a derived event whose condition failed to evaluate.
+type failedEvent struct {
+	name string
+	err  error
 }
 
 // needsMore says whether the owners of the current matches were not all
@@ -173,18 +262,21 @@ func (r *router) needsMore() bool {
 }
 
 // derive appends ch's events to dst: the standard one, then each derived
-// event whose condition holds, with the table's payload when it has one.
-// A condition that fails to evaluate produces no event, counted and logged.
-func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change, in *input) []mapping.Event {
+// event whose condition holds, with the table's payload when it has one. It
+// returns the derived events whose condition failed to evaluate and the
+// payload's error: both hold deliveries instead of guessing.
+func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change, in *input) ([]mapping.Event, []failedEvent, error) {
 	dst = r.mapper.Map(dst, ch)
+	var failed []failedEvent
 	for _, d := range t.Derived {
 		if ch.Op.String() != d.On {
 			continue
 		}
 		ok, err := r.rules.When(d.Name, in.get())
 		if err != nil {
-			r.log.Debug("derived event condition failed; not produced", "event", d.Name, "err", err)
 			r.metrics.RuleErrors.WithLabelValues(metrics.RuleEvent).Inc()
+			failed = append(failed, failedEvent{name: d.Name, err: err})
+			continue
 		}
 		if ok {
 			dst = append(dst, mapping.Event{
@@ -193,41 +285,46 @@ func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change
 	}
 	r.metrics.EventsProduced.Add(float64(len(dst)))
 	if len(dst) > 0 && r.rules.HasPayload(t.Name) {
-		r.payload(dst, t.Name, in.get())
+		if err := r.payload(dst, t.Name, in.get()); err != nil {
+			return dst, failed, err
+		}
 	}
-	return dst
+	return dst, failed, nil
 }
 
 // payload builds the body's data (and previous) for the events with the
-// table's payload expression. One that fails to evaluate falls back to the
-// row's columns, filtered as configured: a change is never dropped for its
-// shape.
-func (r *router) payload(events []mapping.Event, table string, in *acl.Input) {
+// table's payload expression.
+func (r *router) payload(events []mapping.Event, table string, in *acl.Input) error {
 	data, err := r.rules.Payload(table, in)
 	if err != nil {
-		r.log.Warn("payload expression failed; sending the row's columns", "table", table, "err", err)
-		return
+		return err
 	}
 	var prev []byte
 	if in.Op == change.Update && in.Old != nil {
 		old := *in
 		old.New = in.Old
 		if prev, err = r.rules.Payload(table, &old); err != nil {
-			prev = nil
+			return fmt.Errorf("previous: %w", err)
 		}
 	}
 	for i := range events {
 		events[i].Data, events[i].Previous = data, prev
 	}
+	return nil
 }
 
 // judge decides, once per owner of the matched subscriptions, whether the
 // owner may see the row and, for updates with an old row, the old row too.
 // Owners are loaded in one batch; an owner that cannot be found sees
-// nothing. A failure to load them is the change's failure: it is not
-// acknowledged, and the pipeline restarts.
+// nothing. Owners that cannot be loaded because the database went away fail
+// the change (it is not acknowledged, and the pipeline restarts); owners that
+// cannot be loaded because owners.query does not fit the database hold the
+// deliveries (verdict.ownersErr), as do rules that fail for an owner
+// (verdict.failed).
 func (r *router) judge(ctx context.Context, t *mapping.Table, ch *change.Change, in *input) error {
 	v := &r.verdict
+	clear(v.failed)
+	v.ownersErr = nil
 	if r.rules.AlwaysAllows(t.Name) {
 		// acl: "true": no owner to load, no row to bind.
 		clear(v.allowed)
@@ -243,18 +340,28 @@ func (r *router) judge(ctx context.Context, t *mapping.Table, ch *change.Change,
 	}
 	owners, err := r.owners.Get(ctx, r.ids)
 	if err != nil {
-		return fmt.Errorf("load owners: %w", err)
+		if transient(err) {
+			return fmt.Errorf("load owners: %w", err)
+		}
+		clear(v.allowed)
+		v.found, v.allowedOld = nil, nil
+		v.ownersErr = fmt.Errorf("load owners: %w", err)
+		return nil
 	}
 	v.found = owners
-	if failed, err := r.rules.AllowMany(t.Name, in.get(), owners, v.allowed); failed > 0 {
-		r.log.Debug("acl rule failed; denied", "table", t.Name, "owners", failed, "err", err)
-		r.metrics.RuleErrors.WithLabelValues(metrics.RuleACL).Add(float64(failed))
+	if err := r.rules.AllowEach(t.Name, in.get(), owners, v.allowed, v.failed); err != nil {
+		return fmt.Errorf("judge %s: %w", t.Name, err)
+	}
+	if n := len(v.failed); n > 0 {
+		r.metrics.RuleErrors.WithLabelValues(metrics.RuleACL).Add(float64(n))
 	}
 	v.allowedOld = nil
 	if i := in.get(); ch.Op == change.Update && i.Old != nil {
 		old := *i
 		old.New, old.Op = i.Old, change.Update
 		v.allowedOld = map[string]bool{}
+		// An owner whose rule fails on the old row does not see it: the
+		// event itself was judged on the new row above.
 		_, _ = r.rules.AllowMany(t.Name, &old, owners, v.allowedOld)
 	}
 	return nil
@@ -265,11 +372,21 @@ func (r *router) judge(ctx context.Context, t *mapping.Table, ch *change.Change,
 // the receiver asked for the event once per destination, and any of its
 // owners may see the row. Bodies are built once per dialect and visibility
 // of the old row.
-func (r *router) fanOut(ctx context.Context, txn work, ev *mapping.Event, site string) error {
+func (r *router) fanOut(ctx context.Context, txn work, ev *mapping.Event, site string, txSites []string) error {
 	v := &r.verdict
 	var bodies map[string][]byte
 	clear(r.sent)
 	for _, s := range r.matched {
+		if err := v.ownersErr; err != nil {
+			r.hold(held{cause: metrics.HeldOwners, reason: err.Error(), table: ev.Table.Name, sub: s.ID, owner: s.Owner,
+				event: ev.Name, eventID: ev.ID, ch: ev.Change, sites: txSites})
+			continue
+		}
+		if err := v.failed[s.Owner]; err != nil {
+			r.hold(held{cause: metrics.HeldRule, reason: err.Error(), table: ev.Table.Name, sub: s.ID, owner: s.Owner,
+				event: ev.Name, eventID: ev.ID, ch: ev.Change, sites: txSites})
+			continue
+		}
 		if !v.allowed[s.Owner] {
 			r.metrics.ACLDenials.Inc()
 			if err := r.ownerMissing(ctx, s); err != nil {

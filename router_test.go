@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/walhook/walhook/acl"
@@ -292,17 +293,40 @@ func TestRouterOwnerFailures(t *testing.T) {
 			t.Fatalf("%d requests to the existing owner, want %d", len(out.got), MaxOwnerMissing)
 		}
 	})
-	t.Run("owner source fails", func(t *testing.T) {
+	t.Run("owners query does not fit the database", func(t *testing.T) {
 		out := &capture{}
-		boom := errors.New("owners.query: column \"tenant_ids\" does not exist")
+		boom := &pgconn.PgError{Code: "42703", Message: `column "tenant_ids" does not exist`}
+		r := newRouter(mapper, rules, newIdx(), acl.NewOwners(ownerMap{err: boom}, 0), out, &deactivations{}, deliver.Dialects(cfg, Version), log, m)
+		work := &txn{}
+		if err := r.route(context.Background(), work, ch, nil); err != nil {
+			t.Fatalf("route() = %v, want the deliveries held", err)
+		}
+		if len(out.got) != 0 || work.added != 0 {
+			t.Fatalf("sent %d, added %d work; want nothing", len(out.got), work.added)
+		}
+		var got []string
+		for _, h := range r.pendingHolds {
+			got = append(got, h.sub+" "+h.cause)
+			if !strings.Contains(h.reason, "tenant_ids") {
+				t.Errorf("held for %q, want the query's error", h.reason)
+			}
+		}
+		slices.Sort(got)
+		if want := []string{"gone owners", "ok owners"}; !slices.Equal(got, want) {
+			t.Fatalf("held %q, want %q", got, want)
+		}
+	})
+	t.Run("owners cannot be loaded because the database went away", func(t *testing.T) {
+		out := &capture{}
+		boom := &pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}
 		r := newRouter(mapper, rules, newIdx(), acl.NewOwners(ownerMap{err: boom}, 0), out, &deactivations{}, deliver.Dialects(cfg, Version), log, m)
 		work := &txn{}
 		err := r.route(context.Background(), work, ch, nil)
 		if !errors.Is(err, boom) || !strings.Contains(err.Error(), "load owners") {
-			t.Fatalf("route() = %v, want the owner source's error", err)
+			t.Fatalf("route() = %v, want the owner source's error: a restart may cure it", err)
 		}
-		if len(out.got) != 0 || work.added != 0 {
-			t.Fatalf("sent %d, added %d work; want nothing", len(out.got), work.added)
+		if len(out.got) != 0 || work.added != 0 || len(r.pendingHolds) != 0 {
+			t.Fatalf("sent %d, added %d work, held %d; want nothing", len(out.got), work.added, len(r.pendingHolds))
 		}
 	})
 }

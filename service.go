@@ -311,6 +311,15 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 		return err
 	}
 	log.Info("loaded subscriptions", "subscriptions", idx.Len(), "lsn", slot.ConfirmedFlush.String())
+	// This start may run a fixed config: judge every held delivery again.
+	tag, err := db.Exec(hard, `UPDATE walhook.held SET release_requested_at = now(), updated_at = now()
+		WHERE status = 'held' AND release_requested_at IS NULL`)
+	if err != nil {
+		return fmt.Errorf("ask for held deliveries to be judged again: %w", err)
+	}
+	if n := tag.RowsAffected(); n > 0 {
+		log.Warn("judging held deliveries again with this config", "held", n)
+	}
 
 	stream, err := cdc.New(cdc.Config{
 		DatabaseURL:     s.cfg.DatabaseURL,

@@ -86,6 +86,9 @@ type tableRules struct {
 	// oldAll is set when a rule uses row or old other than by column name.
 	oldCols []string
 	oldAll  bool
+	// refCols are the columns the table's rules read through row, new or
+	// old by name: a table that loses one no longer matches the config.
+	refCols []string
 }
 
 // rule is one compiled expression.
@@ -129,6 +132,7 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 		path := "tables[" + strconv.Itoa(i) + "]"
 		tr := &tableRules{}
 		cols := map[string]bool{}
+		refs := map[string]bool{}
 		if first, dup := seenTable[t.Table]; dup {
 			add(t.Line, path+".table", fmt.Sprintf("table %s is already mapped by %s", t.Table, first))
 		} else {
@@ -148,6 +152,7 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 			tr.acl = ru
 			tr.always = strings.TrimSpace(t.ACL) == "true"
 			tr.oldAll = oldColumns(ast, cols) || tr.oldAll
+			refColumns(ast, refs)
 		}
 
 		for j, e := range t.Events {
@@ -174,6 +179,7 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 			seenEvent[e.Name] = path + ".events[" + strconv.Itoa(j) + "]"
 			r.events[e.Name] = ru
 			tr.oldAll = oldColumns(ast, cols) || tr.oldAll
+			refColumns(ast, refs)
 		}
 		if strings.TrimSpace(t.Payload) != "" {
 			field := path + ".payload"
@@ -186,12 +192,17 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 				ru.field, ru.table, ru.tval = field, t.Table, types.String(t.Table)
 				tr.payload = ru
 				tr.oldAll = oldColumns(ast, cols) || tr.oldAll
+			refColumns(ast, refs)
 			}
 		}
 		for c := range cols {
 			tr.oldCols = append(tr.oldCols, c)
 		}
 		slices.Sort(tr.oldCols)
+		for c := range refs {
+			tr.refCols = append(tr.refCols, c)
+		}
+		slices.Sort(tr.refCols)
 	}
 	if len(errs) > 0 {
 		slices.SortStableFunc(errs, func(a, b mapping.ConfigError) int { return cmp.Compare(a.Line, b.Line) })
@@ -339,15 +350,28 @@ func hasComprehension(a *celast.AST) bool {
 	return found
 }
 
+// refColumns adds to cols the columns the expression reads by name through
+// row, new or old.
+func refColumns(a *celast.AST, cols map[string]bool) {
+	selectColumns(a, cols, "row", "new", "old")
+}
+
 // oldColumns adds to cols the columns the expression reads as row.c, old.c,
 // row['c'], old.?c and the like, and reports whether it uses row or old in
 // any other way (passed whole, indexed by a computed key, or a comprehension
 // variable of that name, which is conservatively counted).
 func oldColumns(a *celast.AST, cols map[string]bool) (all bool) {
-	idents := map[int64]bool{} // ids of row/old idents
+	return selectColumns(a, cols, "row", "old")
+}
+
+// selectColumns adds to cols the columns the expression reads from the
+// variables vars by a constant name (v.c, v['c'], v.?c), and reports whether
+// it uses one of them in any other way.
+func selectColumns(a *celast.AST, cols map[string]bool, vars ...string) (all bool) {
+	idents := map[int64]bool{} // ids of the vars' idents
 	named := map[int64]bool{}  // those reached through a constant column name
 	isVar := func(e celast.Expr) bool {
-		return e.Kind() == celast.IdentKind && (e.AsIdent() == "row" || e.AsIdent() == "old")
+		return e.Kind() == celast.IdentKind && slices.Contains(vars, e.AsIdent())
 	}
 	celast.PreOrderVisit(a.Expr(), celast.NewExprVisitor(func(e celast.Expr) {
 		switch e.Kind() {
@@ -380,6 +404,42 @@ func oldColumns(a *celast.AST, cols map[string]bool) (all bool) {
 		}
 	}
 	return false
+}
+
+// Columns returns, sorted, the columns table's rules (acl, derived events'
+// conditions, payload) read by name through row, new or old.
+func (r *Rules) Columns(table string) []string {
+	t := r.tables[table]
+	if t == nil {
+		return nil
+	}
+	return slices.Clone(t.refCols)
+}
+
+// AllowEach is AllowMany recording, in failed (cleared first), the error of
+// each owner whose evaluation failed, so that the caller can hold those
+// deliveries rather than treat them as denied.
+func (r *Rules) AllowEach(table string, in *Input, owners map[string]map[string]any, dst map[string]bool, failed map[string]error) error {
+	clear(dst)
+	clear(failed)
+	t := r.tables[table]
+	if t == nil || t.acl == nil {
+		return fmt.Errorf("%w %s", ErrUnknownTable, table)
+	}
+	a, err := bind(t.acl, in)
+	if err != nil {
+		return err
+	}
+	defer release(a)
+	for id, owner := range owners {
+		a.owner = ownerOrEmpty(owner)
+		ok, e := t.acl.eval(a)
+		if e != nil {
+			failed[id] = e
+		}
+		dst[id] = ok
+	}
+	return nil
 }
 
 // AlwaysAllows reports whether table's rule is the literal "true".

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -273,4 +274,31 @@ func (q *Queue) request(d queued) *Request {
 		r.Header, r.UserAgent, r.RateLimit = dl.Header, dl.UserAgent, dl.RateLimit
 	}
 	return r
+}
+
+// Enqueue queues first attempts in walhook.deliveries, due now, for the
+// retry queue of any process to send: how a held delivery that is judged
+// again goes out. db is a transaction, so the queueing commits with
+// whatever decided it.
+func Enqueue(ctx context.Context, db interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}, reqs []*Request) error {
+	if len(reqs) == 0 {
+		return nil
+	}
+	var q queueRows
+	for _, r := range reqs {
+		q.add(r, 0)
+		// Attempts made so far: none. The queue sends attempt 1.
+		q.attempt[len(q.attempt)-1] = 0
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO walhook.deliveries
+		(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect, committed_at)
+		SELECT s, e, ev, u, m, h, b, n, now(), nullif(dl, ''), c
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[],
+			$9::text[], $10::timestamptz[]) AS q(s, e, ev, u, m, h, b, n, dl, c)`,
+		q.sub, q.eventID, q.event, q.url, q.method, q.headers, q.body, q.attempt, q.dialect, q.committed); err != nil {
+		return fmt.Errorf("queue %d deliveries: %w", len(reqs), err)
+	}
+	return nil
 }

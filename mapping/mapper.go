@@ -323,3 +323,32 @@ func setOf(list []string) map[string]bool {
 	}
 	return s
 }
+
+// NamedColumn is a column the config names for a table, with where.
+type NamedColumn struct {
+	Name  string
+	Field string // tables[i].key[j], .site, .columns.include[j], .columns.exclude[j]
+}
+
+// NamedColumns returns the columns the table's config names: its key, site
+// and column filter. A relation that lacks one no longer matches the config;
+// an excluded column that was renamed would be sent under its new name.
+func (t *Table) NamedColumns() []NamedColumn {
+	c := t.Config
+	if c == nil {
+		return nil
+	}
+	var out []NamedColumn
+	add := func(field string, cols []string) {
+		for i, name := range cols {
+			out = append(out, NamedColumn{Name: name, Field: index(field, i)})
+		}
+	}
+	add("key", c.Key)
+	if c.Site != "" {
+		out = append(out, NamedColumn{Name: c.Site, Field: "site"})
+	}
+	add("columns.include", c.Columns.Include)
+	add("columns.exclude", c.Columns.Exclude)
+	return out
+}

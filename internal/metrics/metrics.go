@@ -28,6 +28,15 @@ const (
 	OutcomeDeactivated = "deactivated"
 )
 
+// Hold causes, the values of walhook_held_total's cause label: why a
+// delivery was held instead of sent.
+const (
+	HeldRule    = "rule"    // an acl rule or a derived event's condition failed to evaluate
+	HeldPayload = "payload" // the table's payload expression failed
+	HeldOwners  = "owners"  // owners.query failed
+	HeldSchema  = "schema"  // the table no longer has a column the config names
+)
+
 // Rule kinds, the values of walhook_rule_errors_total's kind label.
 const (
 	RuleACL   = "acl"
@@ -63,6 +72,7 @@ type Metrics struct {
 	ACLDenials      prometheus.Counter
 	RuleErrors      *prometheus.CounterVec // kind
 	OwnersLoaded    prometheus.Counter
+	Held            *prometheus.CounterVec // cause
 
 	mu           sync.Mutex
 	destinations func() []Destination            // guarded by mu; nil while no pipeline runs
@@ -97,6 +107,12 @@ func New(version string) *Metrics {
 			[]string{"kind"}),
 		OwnersLoaded: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "owners_loaded_total",
 			Help: "Owners loaded with owners.query (cache misses)."}),
+		Held: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "held_total",
+			Help: "Deliveries held instead of sent because walhook could not judge or shape them, by cause: rule, payload, owners or schema. See walhook.held."},
+			[]string{"cause"}),
+	}
+	for _, c := range []string{HeldRule, HeldPayload, HeldOwners, HeldSchema} {
+		m.Held.WithLabelValues(c)
 	}
 	for _, o := range []string{OutcomeSucceeded, OutcomeRetried, OutcomeFailed, OutcomeDeactivated} {
 		m.Deliveries.WithLabelValues(o)
@@ -124,7 +140,7 @@ func New(version string) *Metrics {
 		m.LagBytes, m.LagSeconds, m.RetainedBytes, m.PendingTxns,
 		m.ChangesDecoded, m.EventsProduced,
 		m.Deliveries, m.DeliveryLatency,
-		m.ACLDenials, m.RuleErrors, m.OwnersLoaded,
+		m.ACLDenials, m.RuleErrors, m.OwnersLoaded, m.Held,
 		&destinationCollector{m: m},
 	)
 	return m
