@@ -192,7 +192,7 @@ func Compile(cfg *mapping.Config) (*Rules, error) {
 				ru.field, ru.table, ru.tval = field, t.Table, types.String(t.Table)
 				tr.payload = ru
 				tr.oldAll = oldColumns(ast, cols) || tr.oldAll
-			refColumns(ast, refs)
+				refColumns(ast, refs)
 			}
 		}
 		for c := range cols {
