@@ -1,4 +1,4 @@
--- walhook schema, version 20: held deliveries. A change walhook cannot judge
+-- walhook schema, version 12: held deliveries. A change walhook cannot judge
 -- or shape — an acl rule, a derived event's condition or a payload that fails
 -- to evaluate, owners that cannot be loaded, a mapped table that lost a column
 -- the config names — is neither sent nor dropped: its deliveries are held
