@@ -162,15 +162,16 @@ var (
 // overridden by a dialect: a receiver verifying signatures must be able to
 // trust them. The value says what to do instead.
 var reservedHeaders = map[string]string{
-	"content-type":      "walhook always sends application/json",
-	"webhook-id":        "walhook sets it to the event id",
-	"webhook-timestamp": "walhook sets it when signing",
-	"webhook-signature": "walhook sets it from the subscription's secret",
-	"user-agent":        "set the dialect's user_agent instead",
-	"host":              "it comes from the target URL",
-	"content-length":    "it is computed from the body",
-	"transfer-encoding": "it is chosen by the HTTP client",
-	"connection":        "it is managed by the HTTP client",
+	"content-type":         "walhook always sends application/json",
+	"webhook-id":           "walhook sets it to the event id",
+	"webhook-timestamp":    "walhook sets it when signing",
+	"webhook-signature":    "walhook sets it from the subscription's secret",
+	"webhook-subscription": "walhook sets it to the subscription id",
+	"user-agent":           "set the dialect's user_agent instead",
+	"host":                 "it comes from the target URL",
+	"content-length":       "it is computed from the body",
+	"transfer-encoding":    "it is chosen by the HTTP client",
+	"connection":           "it is managed by the HTTP client",
 }
 
 // Load reads and parses the config file at path. Reading the file is the only
