@@ -39,6 +39,16 @@ func (r *receiver) setStatus(fn func(*http.Request) int) {
 	r.status = fn
 }
 
+// goneAt makes the receiver answer 410 Gone at path and 200 elsewhere.
+func (r *receiver) goneAt(path string) {
+	r.setStatus(func(req *http.Request) int {
+		if req.URL.Path == path {
+			return http.StatusGone
+		}
+		return http.StatusOK
+	})
+}
+
 // downUntil makes the receiver answer 503 until up is set, then 200.
 func (r *receiver) downUntil(up *atomic.Bool) {
 	r.setStatus(func(*http.Request) int {
@@ -158,12 +168,7 @@ func TestGoneDeactivates(t *testing.T) {
 	e := newEnv(t, retryConfig(t, "[0s, 200ms, 200ms]", 3))
 	sub := e.subscribe("customer.created", "/gone")
 	other := e.subscribe("customer.created", "/ok")
-	e.recv.setStatus(func(r *http.Request) int {
-		if r.URL.Path == "/gone" {
-			return http.StatusGone
-		}
-		return http.StatusOK
-	})
+	e.recv.goneAt("/gone")
 	e.start()
 
 	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'Ada')`)
