@@ -62,6 +62,8 @@ type Config struct {
 	Delivery Delivery
 	// Dialects always holds DialectDefault and DialectZapier.
 	Dialects map[string]*DialectConfig
+	// Subscriptions are the static subscriptions, in config order.
+	Subscriptions []*StaticSubscription
 }
 
 // Owners tells how to load a subscription owner's attributes for ACL rules.
@@ -195,6 +197,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	// Semantic checks of tables run on the struct, not the YAML, so New can
 	// repeat them for a Config built in code.
 	p.errs = append(p.errs, validateTables(file, cfg.Tables)...)
+	p.errs = append(p.errs, checkStatic(file, cfg)...)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
@@ -280,7 +283,7 @@ func (p *parser) config(cfg *Config, root *yaml.Node) {
 		return
 	}
 	sawTables := false
-	p.fields(root, "", []string{"owners", "tables", "delivery", "dialects"}, func(key string, k, v *yaml.Node) {
+	p.fields(root, "", []string{"owners", "tables", "delivery", "dialects", "subscriptions"}, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "owners":
 			cfg.Owners = p.owners(k, v)
@@ -294,6 +297,8 @@ func (p *parser) config(cfg *Config, root *yaml.Node) {
 			p.delivery(&cfg.Delivery, v)
 		case "dialects":
 			p.dialects(cfg.Dialects, v)
+		case "subscriptions":
+			cfg.Subscriptions = p.subscriptions(v)
 		}
 	})
 	if !sawTables && root.Kind == yaml.MappingNode {

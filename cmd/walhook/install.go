@@ -60,7 +60,8 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 // install brings the database in line with the config: schema, events,
-// dialects, settings, publication and slot. It returns what it changed.
+// dialects, settings, static subscriptions, publication and slot. It returns
+// what it changed.
 func install(ctx context.Context, conn *pgx.Conn, c common, cfg *mapping.Config, mapper *mapping.Mapper) ([]string, error) {
 	var events []schema.Event
 	for _, e := range mapper.Events() {
@@ -75,6 +76,11 @@ func install(ctx context.Context, conn *pgx.Conn, c common, cfg *mapping.Config,
 		return nil, fmt.Errorf("install schema: %w", err)
 	}
 	changes := rep.Changes
+	sc, err := schema.Reconcile(ctx, conn, cfg.Subscriptions)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile static subscriptions: %w", err)
+	}
+	changes = append(changes, sc...)
 	tables := append(mapper.Tables(), cdc.SubscriptionsTable)
 	if cfg.Owners != nil {
 		tables = append(tables, cfg.Owners.Watch...)

@@ -32,9 +32,11 @@ type statusReport struct {
 	// Subscriptions counts subscriptions by state: active, inactive
 	// (deactivated by the application), suspended (too many failures in a
 	// row) and gone (the receiver answered 410).
-	Subscriptions  map[string]int64 `json:"subscriptions"`
-	Deliveries     deliveryStatus   `json:"deliveries"`
-	RecentFailures []failureStatus  `json:"recent_failures"`
+	Subscriptions map[string]int64 `json:"subscriptions"`
+	// Static lists the subscriptions declared in the config, by name.
+	Static         []staticStatus  `json:"static"`
+	Deliveries     deliveryStatus  `json:"deliveries"`
+	RecentFailures []failureStatus `json:"recent_failures"`
 }
 
 type slotStatus struct {
@@ -76,6 +78,16 @@ type deliveryStatus struct {
 	NextDueAt *time.Time `json:"next_due_at,omitempty"`
 }
 
+type staticStatus struct {
+	Name          string   `json:"name"`
+	ID            string   `json:"id"`
+	Events        []string `json:"events"`
+	TargetURL     string   `json:"target_url"`
+	Owner         string   `json:"owner"`
+	Active        bool     `json:"active"`
+	StatusMessage string   `json:"status_message,omitempty"`
+}
+
 type failureStatus struct {
 	AttemptID      int64     `json:"attempt_id"`
 	At             time.Time `json:"at"`
@@ -89,7 +101,7 @@ type failureStatus struct {
 
 // collectStatus reads the report; a missing slot is reported, not an error.
 func collectStatus(ctx context.Context, conn *pgx.Conn, slot string) (*statusReport, error) {
-	st := &statusReport{Subscriptions: map[string]int64{}, RecentFailures: []failureStatus{}}
+	st := &statusReport{Subscriptions: map[string]int64{}, Static: []staticStatus{}, RecentFailures: []failureStatus{}}
 	v, err := schema.Version(ctx, conn)
 	if err != nil {
 		return nil, err
@@ -158,6 +170,10 @@ func collectStatus(ctx context.Context, conn *pgx.Conn, slot string) (*statusRep
 		return nil, fmt.Errorf("count subscriptions: %w", err)
 	}
 
+	if st.Static, err = collectStatic(ctx, conn); err != nil {
+		return nil, err
+	}
+
 	d := &st.Deliveries
 	if err := conn.QueryRow(ctx, `SELECT count(*),
 			count(*) FILTER (WHERE next_attempt_at <= now()),
@@ -183,6 +199,31 @@ func collectStatus(ctx context.Context, conn *pgx.Conn, slot string) (*statusRep
 		return nil, fmt.Errorf("read recent failures: %w", err)
 	}
 	return st, nil
+}
+
+// collectStatic lists the static subscriptions; none before schema version
+// 10, which added them.
+func collectStatic(ctx context.Context, conn *pgx.Conn) ([]staticStatus, error) {
+	out := []staticStatus{}
+	var has bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute
+		WHERE attrelid = 'walhook.subscriptions'::regclass AND attname = 'static_name' AND NOT attisdropped)`).Scan(&has); err != nil || !has {
+		return out, err
+	}
+	rows, err := conn.Query(ctx, `SELECT static_name, id::text, events, target_url, owner, active, coalesce(status_message, '')
+		FROM walhook.subscriptions WHERE static_name IS NOT NULL ORDER BY static_name`)
+	if err != nil {
+		return nil, fmt.Errorf("list static subscriptions: %w", err)
+	}
+	var s staticStatus
+	if _, err := pgx.ForEachRow(rows, []any{&s.Name, &s.ID, &s.Events, &s.TargetURL, &s.Owner, &s.Active, &s.StatusMessage}, func() error {
+		out = append(out, s)
+		s = staticStatus{}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list static subscriptions: %w", err)
+	}
+	return out, nil
 }
 
 func deref(s *string) string {
@@ -240,6 +281,9 @@ func printStatus(w io.Writer, st *statusReport) error {
 		return err
 	}
 	fmt.Fprintln(w)
+	if err := printStatic(w, st.Static); err != nil {
+		return err
+	}
 	if len(st.RecentFailures) == 0 {
 		_, err := fmt.Fprintln(w, "RECENT FAILURES: none")
 		return err
@@ -259,6 +303,28 @@ func printStatus(w io.Writer, st *statusReport) error {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\n", f.At.UTC().Format(time.RFC3339), f.SubscriptionID, f.Event, f.Attempt, status, errText)
 	}
 	return tw.Flush()
+}
+
+// printStatic lists the static subscriptions, when there are any.
+func printStatic(w io.Writer, static []staticStatus) error {
+	if len(static) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "STATIC SUBSCRIPTIONS")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NAME\tID\tEVENTS\tTARGET\tOWNER\tSTATE")
+	for _, s := range static {
+		state := "active"
+		if !s.Active {
+			state = "inactive: " + s.StatusMessage
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.ID, strings.Join(s.Events, ","), s.TargetURL, s.Owner, state)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(w)
+	return err
 }
 
 // byteSize formats n bytes for people: 512 B, 1.5 kB, 16.0 MB.

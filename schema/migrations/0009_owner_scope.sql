@@ -88,25 +88,6 @@ BEGIN
     RETURN NEW;
 END $$;
 
--- remove_owner checks up front: an owner with no subscriptions would
--- otherwise answer 0 to a session that may not ask.
-CREATE OR REPLACE FUNCTION walhook.remove_owner(owner text) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    n int;
-BEGIN
-    IF NOT walhook._may(remove_owner.owner) THEN
-        PERFORM walhook._deny(format('walhook.owner is %L: cannot act for owner %L',
-            current_setting('walhook.owner', true), remove_owner.owner));
-    END IF;
-    WITH s AS (DELETE FROM walhook.subscriptions s WHERE s.owner = remove_owner.owner RETURNING s.id),
-         d AS (DELETE FROM walhook.deliveries d USING s WHERE d.subscription_id = s.id),
-         f AS (DELETE FROM walhook.subscription_failures f USING s WHERE f.subscription_id = s.id)
-    SELECT count(*)::int INTO n FROM s;
-    RETURN n;
-END $$;
-REVOKE ALL ON FUNCTION walhook.remove_owner(text) FROM PUBLIC;
-
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'walhook_admin') THEN
