@@ -208,3 +208,35 @@ func TestGoneDeactivatesWholeSubscription(t *testing.T) {
 		t.Fatalf("/gone got %d requests, want 1 (customer.created only)", n)
 	}
 }
+
+// TestEventListsAsOfCommitAcrossRestart: changes made while walhook was
+// down are matched against each subscription's events as they stood at the
+// change's commit, loaded from the subscription log and the stream.
+func TestEventListsAsOfCommitAcrossRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.start()
+	sub := e.subscribeEvents("/l", "", "order.created", "customer.*")
+	// The subscription is in the log once the stream has passed it.
+	target := e.currentLSN()
+	waitFor(t, 30*time.Second, "the slot to pass the subscription", func() bool { return e.confirmed() >= target })
+	e.stop()
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'before')`)
+	e.exec(`SELECT walhook.set_events($1, ARRAY['order.*'])`, sub)
+	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (2, 7, 'after')`)
+	e.exec(`INSERT INTO public.orders (id, customer_id, tenant_id, total) VALUES (10, 2, 7, 5)`)
+	e.start()
+	e.recv.waitRows(t, "/l", 1, 10)
+	// Once the slot passes the last change, every delivery of it is done.
+	target = e.currentLSN()
+	waitFor(t, 30*time.Second, "the slot to pass the changes", func() bool { return e.confirmed() >= target })
+	if n := len(e.recv.deliveries("/l")); n != 2 {
+		t.Fatalf("/l got %d requests, want 2 (customer 1, order 10)", n)
+	}
+	for _, d := range e.recv.deliveries("/l") {
+		env := d.envelope(t)
+		if id := env["data"].(map[string]any)["id"]; env["event"] == "customer.created" && id != 1.0 {
+			t.Fatalf("customer.created for row %v, want only row 1, from before set_events", id)
+		}
+	}
+}
