@@ -7,10 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -20,12 +18,8 @@ import (
 func TestReconcile(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgtest.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	_, err = Install(ctx, conn, Options{
+	conn := newConn(t)
+	_, err := Install(ctx, conn, Options{
 		Events:   []Event{{Name: "order.created", Table: "public.orders", Operation: "insert"}, {Name: "order.deleted", Table: "public.orders", Operation: "delete"}},
 		Settings: map[string]string{"allow_http": "false"},
 	})
