@@ -11,6 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walhook/walhook/mapping"
+	"github.com/walhook/walhook/schema"
 )
 
 // dsnAs returns dsn with another user.
@@ -53,6 +56,16 @@ func TestRunAsNonSuperuser(t *testing.T) {
 	}
 	e.subscribe("customer.created", "/c")
 	e.dsn = dsnAs(t, e.dsn, role)
+	// run reconciles static subscriptions at start, as this role.
+	runConn, err := pgx.Connect(context.Background(), e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runConn.Close(context.Background())
+	static := []*mapping.StaticSubscription{{Name: "s", Events: []string{"order.*"}, Target: "https://example.com/h", Owner: "1", Site: "/", Dialect: "default"}}
+	if changes, err := schema.Reconcile(context.Background(), runConn, static); err != nil || len(changes) != 1 {
+		t.Fatalf("Reconcile as the run role = %q, %v; want the subscription created", changes, err)
+	}
 	e.start()
 	e.exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'as a plain role')`)
 	e.recv.wait(t, "/c", 1)

@@ -169,7 +169,7 @@ func quoteTable(name string) string {
 
 // grantRunRole gives role what walhook run needs beyond REPLICATION: the
 // walhook tables, a row-level security policy that lets it see every
-// subscription, and SELECT on the tables owners.query reads (the watched
+// subscription, the reconcile of static subscriptions, and SELECT on the tables owners.query reads (the watched
 // ones; a query reading others needs those granted by hand).
 func grantRunRole(ctx context.Context, conn *pgx.Conn, role string, cfg *mapping.Config) ([]string, error) {
 	var repl bool
@@ -185,6 +185,8 @@ func grantRunRole(ctx context.Context, conn *pgx.Conn, role string, cfg *mapping
 		"GRANT USAGE ON SCHEMA walhook TO " + r,
 		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO " + r,
 		"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA walhook TO " + r,
+		// run reconciles the static subscriptions at start.
+		"GRANT EXECUTE ON FUNCTION walhook._declare_static(text, text[], text, text, text, text, text) TO " + r,
 	}
 	for _, t := range []string{"subscriptions", "attempts"} {
 		var exists bool

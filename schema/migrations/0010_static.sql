@@ -138,7 +138,7 @@ END $$;
 -- and unchanged stays as it is.
 CREATE FUNCTION walhook._declare_static(name text, events text[], target_url text, owner text,
                                         site text, dialect text, secret text) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ev text[] := walhook._check_events(events);
     url text := walhook._check_url(target_url);
@@ -178,6 +178,8 @@ BEGIN
     PERFORM walhook._resume(old.id);
     RETURN 'updated';
 END $$;
+-- Only the installer and the role walhook run uses (install --run-role
+-- grants it) reconcile: run does so at start.
 REVOKE ALL ON FUNCTION walhook._declare_static(text, text[], text, text, text, text, text) FROM PUBLIC;
 
 DO $$
