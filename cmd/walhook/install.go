@@ -169,8 +169,9 @@ func quoteTable(name string) string {
 
 // grantRunRole gives role what walhook run needs beyond REPLICATION: the
 // walhook tables, a row-level security policy that lets it see every
-// subscription, the reconcile of static subscriptions, and SELECT on the tables owners.query reads (the watched
-// ones; a query reading others needs those granted by hand).
+// subscription, the reconcile of static subscriptions, and SELECT on the
+// tables owners.query reads (the watched ones; a query reading others needs
+// those granted by hand).
 func grantRunRole(ctx context.Context, conn *pgx.Conn, role string, cfg *mapping.Config) ([]string, error) {
 	var repl bool
 	err := conn.QueryRow(ctx, `SELECT rolreplication FROM pg_roles WHERE rolname = $1`, role).Scan(&repl)

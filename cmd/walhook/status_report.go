@@ -207,8 +207,11 @@ func collectStatic(ctx context.Context, conn *pgx.Conn) ([]staticStatus, error) 
 	out := []staticStatus{}
 	var has bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute
-		WHERE attrelid = 'walhook.subscriptions'::regclass AND attname = 'static_name' AND NOT attisdropped)`).Scan(&has); err != nil || !has {
-		return out, err
+		WHERE attrelid = 'walhook.subscriptions'::regclass AND attname = 'static_name' AND NOT attisdropped)`).Scan(&has); err != nil {
+		return nil, fmt.Errorf("look for static subscriptions: %w", err)
+	}
+	if !has {
+		return out, nil
 	}
 	rows, err := conn.Query(ctx, `SELECT static_name, id::text, events, target_url, owner, active, coalesce(status_message, '')
 		FROM walhook.subscriptions WHERE static_name IS NOT NULL ORDER BY static_name`)
