@@ -132,4 +132,25 @@ func TestLogKeepsEvents(t *testing.T) {
 	if got := ix.Match(nil, "customer.deleted", []string{"/"}); len(got) != 1 || got[0].ID != a {
 		t.Fatalf("Match(customer.deleted) after load = %v, want [%s]", got, a)
 	}
+
+	// Snapshot, for a new slot, records the lists of the live table.
+	const c = "00000000-0000-0000-0000-00000000000c"
+	if _, err := db.Exec(ctx, `INSERT INTO walhook.subscriptions (id, owner, events, target_url) VALUES ($1, '1', '{order.*,*.paid}', 'https://x/h')`, c); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := db.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Snapshot(ctx, pc.Conn(), 300)
+	pc.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ix, err = Load(ctx, db, 350); err != nil {
+		t.Fatal(err)
+	}
+	if got := ix.Get(c).Events; !slices.Equal(got, []string{"order.*", "*.paid"}) {
+		t.Fatalf("snapshotted events = %q, want [order.* *.paid]", got)
+	}
 }
