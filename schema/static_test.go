@@ -93,3 +93,30 @@ func TestReconcile(t *testing.T) {
 		t.Fatal("a failed Reconcile changed other: it must change nothing")
 	}
 }
+
+// TestUpgradeKeepsSubscriptions: subscriptions made before event lists
+// existed are migrated in place, their event the list's one entry.
+func TestUpgradeKeepsSubscriptions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn := newConn(t)
+	opts := Options{Events: []Event{{Name: "order.created", Table: "public.orders", Operation: "insert"}}}
+	if _, err := install(ctx, conn, opts, 6); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	if err := conn.QueryRow(ctx, `SELECT walhook.subscribe('order.created', 'https://example.com/h', '1')::text`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Install(ctx, conn, opts); err != nil {
+		t.Fatal(err)
+	}
+	var events []string
+	var event string
+	if err := conn.QueryRow(ctx, `SELECT events, event FROM walhook.subscriptions WHERE id = $1`, id).Scan(&events, &event); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(events, []string{"order.created"}) || event != "order.created" {
+		t.Fatalf("after the upgrade: events %q, event %q; want [order.created] and order.created", events, event)
+	}
+}
