@@ -69,9 +69,15 @@ func TestSubscribeEventLists(t *testing.T) {
 			}
 		})
 	}
-	_, err := e.conn.Exec(ctx, `SELECT walhook.subscribe(ARRAY['order.created', NULL], 'https://example.com/h', '1')`)
-	if code, msg := sqlState(err); code != "22023" || !strings.Contains(msg, "NULL") {
-		t.Fatalf("subscribe with a NULL entry = %v, want 22023 naming NULL", err)
+	for _, c := range []struct{ sql, want string }{
+		{`SELECT walhook.subscribe(ARRAY['order.created', NULL], 'https://example.com/h', '1')`, "must not contain NULL"},
+		{`SELECT walhook.subscribe(ARRAY[['order.created']], 'https://example.com/h', '1')`, "one-dimensional"},
+		{`SELECT walhook.subscribe(array_fill('order.created'::text, ARRAY[101]), 'https://example.com/h', '1')`, "at most 100"},
+	} {
+		_, err := e.conn.Exec(ctx, c.sql)
+		if code, msg := sqlState(err); code != "22023" || !strings.Contains(msg, c.want) {
+			t.Fatalf("%s = %v, want 22023 containing %q", c.sql, err, c.want)
+		}
 	}
 
 	accepted := []struct {
@@ -119,7 +125,7 @@ func TestSubscribeEventLists(t *testing.T) {
 	if err := e.conn.QueryRow(ctx, `SELECT walhook.set_events(gen_random_uuid(), ARRAY['order.paid'])`).Scan(&ok); err != nil || ok {
 		t.Fatalf("set_events(unknown id) = %v, %v; want false", ok, err)
 	}
-	_, err = e.conn.Exec(ctx, `SELECT walhook.set_events($1, ARRAY['nope.*'])`, id)
+	_, err := e.conn.Exec(ctx, `SELECT walhook.set_events($1, ARRAY['nope.*'])`, id)
 	if code, _ := sqlState(err); code != "22023" {
 		t.Fatalf("set_events(nope.*) = %v, want 22023", err)
 	}

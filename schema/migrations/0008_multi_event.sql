@@ -80,6 +80,15 @@ BEGIN
         PERFORM walhook._invalid('events must list at least one event name or pattern',
             'for example ARRAY[''order.created'', ''customer.*'']');
     END IF;
+    IF array_ndims(events) <> 1 THEN
+        PERFORM walhook._invalid(format('events must be a one-dimensional array, got %s dimensions', array_ndims(events)));
+    END IF;
+    -- A bound keeps the index and the stream's rows small; patterns cover
+    -- what a longer list would.
+    IF cardinality(events) > 100 THEN
+        PERFORM walhook._invalid(format('events lists %s entries, at most 100', cardinality(events)),
+            'use patterns: order.*, *.deleted, *');
+    END IF;
     FOREACH e IN ARRAY events LOOP
         IF e IS NULL THEN
             PERFORM walhook._invalid('events must not contain NULL');
