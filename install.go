@@ -65,7 +65,8 @@ func Install(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts Inst
 }
 
 // install brings the database in line with the config: schema, events,
-// dialects, settings, publication and slot. It returns what it changed.
+// dialects, settings, static subscriptions, publication and slot. It returns
+// what it changed.
 func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping.Config, mapper *mapping.Mapper) ([]string, error) {
 	var events []schema.Event
 	for _, e := range mapper.Events() {
@@ -80,6 +81,11 @@ func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping
 		return nil, fmt.Errorf("install schema: %w", err)
 	}
 	changes := rep.Changes
+	sc, err := schema.Reconcile(ctx, conn, cfg.Subscriptions)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile static subscriptions: %w", err)
+	}
+	changes = append(changes, sc...)
 	tables := append(mapper.Tables(), cdc.SubscriptionsTable)
 	if cfg.Owners != nil {
 		tables = append(tables, cfg.Owners.Watch...)
@@ -184,6 +190,8 @@ func grantRunRole(ctx context.Context, conn *pgx.Conn, role string, cfg *mapping
 		"GRANT USAGE ON SCHEMA walhook TO " + r,
 		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO " + r,
 		"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA walhook TO " + r,
+		// run reconciles the static subscriptions at start.
+		"GRANT EXECUTE ON FUNCTION walhook._declare_static(text, text[], text, text, text, text, text) TO " + r,
 	}
 	for _, t := range []string{"subscriptions", "attempts"} {
 		var exists bool

@@ -202,7 +202,7 @@ func TestRouter(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			idx := subs.New()
 			for _, s := range tc.subs {
-				idx.Put(&subs.Subscription{ID: s.id, Owner: s.owner, Event: s.event, TargetURL: s.url, Site: s.site,
+				idx.Put(&subs.Subscription{ID: s.id, Owner: s.owner, Events: []string{s.event}, TargetURL: s.url, Site: s.site,
 					Dialect: "default", Secret: s.secret, Active: true})
 			}
 			out := &capture{}
@@ -263,8 +263,8 @@ func TestRouterOwnerFailures(t *testing.T) {
 	ch := &change.Change{Relation: ordersRel, Op: change.Insert, New: order("1", "7", "/", "new"), Tx: tx}
 	newIdx := func() *subs.Index {
 		idx := subs.New()
-		idx.Put(&subs.Subscription{ID: "gone", Owner: "99", Event: "order.created", TargetURL: "https://a.example/g", Site: "/", Dialect: "default", Active: true})
-		idx.Put(&subs.Subscription{ID: "ok", Owner: "1", Event: "order.created", TargetURL: "https://a.example/o", Site: "/", Dialect: "default", Active: true})
+		idx.Put(&subs.Subscription{ID: "gone", Owner: "99", Events: []string{"order.created"}, TargetURL: "https://a.example/g", Site: "/", Dialect: "default", Active: true})
+		idx.Put(&subs.Subscription{ID: "ok", Owner: "1", Events: []string{"order.created"}, TargetURL: "https://a.example/o", Site: "/", Dialect: "default", Active: true})
 		return idx
 	}
 	m := metrics.New(Version)

@@ -21,6 +21,7 @@ import (
 	"github.com/walhook/walhook/internal/stage"
 	"github.com/walhook/walhook/internal/subs"
 	"github.com/walhook/walhook/mapping"
+	"github.com/walhook/walhook/schema"
 )
 
 // Errors returned by the Service's lifecycle methods.
@@ -148,6 +149,9 @@ func (s *Service) Run(ctx context.Context) error {
 		// and checks the slot when it gets one.
 		s.log.Warn("could not check the installation; starting anyway", "err", err)
 	}
+	if err := s.reconcileStatic(hard); err != nil {
+		return err
+	}
 	s.log.Info("walhook starting", "version", Version, "slot", s.cfg.Slot, "publication", s.cfg.Publication, "tables", len(s.cfg.Mapping.Tables))
 	err := s.supervise(soft, hard)
 	s.stopStandby(hard, cancelHard)
@@ -155,6 +159,34 @@ func (s *Service) Run(ctx context.Context) error {
 		s.log.Info("walhook stopped")
 	}
 	return err
+}
+
+// reconcileStatic brings the static subscriptions in line with the config
+// at start (install does too). A declaration the SQL API refuses is a config
+// error and stops the start; a database that cannot be reached only delays
+// it to the next install or start.
+func (s *Service) reconcileStatic(ctx context.Context) error {
+	if len(s.cfg.Mapping.Subscriptions) == 0 {
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, s.cfg.DatabaseURL)
+	if err != nil {
+		s.log.Warn("could not reconcile the static subscriptions; starting anyway", "err", err)
+		return nil
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	changes, err := schema.Reconcile(ctx, conn, s.cfg.Mapping.Subscriptions)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "22023":
+		return fmt.Errorf("reconcile static subscriptions: %w", err)
+	case err != nil:
+		s.log.Warn("could not reconcile the static subscriptions; starting anyway", "err", err)
+	}
+	for _, c := range changes {
+		s.log.Info(c)
+	}
+	return nil
 }
 
 // stopStandby ends the standby's queue work: it stops claiming, and the

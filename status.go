@@ -29,9 +29,23 @@ type StatusReport struct {
 	// Subscriptions counts subscriptions by state: active, inactive
 	// (deactivated by the application), suspended (too many failures in a
 	// row) and gone (the receiver answered 410).
-	Subscriptions  map[string]int64 `json:"subscriptions"`
-	Deliveries     DeliveryStatus   `json:"deliveries"`
-	RecentFailures []FailureStatus  `json:"recent_failures"`
+	Subscriptions map[string]int64 `json:"subscriptions"`
+	// Static lists the subscriptions declared in the config, by name.
+	Static         []StaticStatus  `json:"static"`
+	Deliveries     DeliveryStatus  `json:"deliveries"`
+	RecentFailures []FailureStatus `json:"recent_failures"`
+}
+
+// StaticStatus is one subscription declared under subscriptions: in the
+// config.
+type StaticStatus struct {
+	Name          string   `json:"name"`
+	ID            string   `json:"id"`
+	Events        []string `json:"events"`
+	TargetURL     string   `json:"target_url"`
+	Owner         string   `json:"owner"`
+	Active        bool     `json:"active"`
+	StatusMessage string   `json:"status_message,omitempty"`
 }
 
 type SlotStatus struct {
@@ -87,7 +101,7 @@ type FailureStatus struct {
 // Status reads what `walhook status` reports; a missing slot is reported
 // in the report, not as an error.
 func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, error) {
-	st := &StatusReport{Subscriptions: map[string]int64{}, RecentFailures: []FailureStatus{}}
+	st := &StatusReport{Subscriptions: map[string]int64{}, Static: []StaticStatus{}, RecentFailures: []FailureStatus{}}
 	v, err := schema.Version(ctx, conn)
 	if err != nil {
 		return nil, err
@@ -156,6 +170,10 @@ func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, er
 		return nil, fmt.Errorf("count subscriptions: %w", err)
 	}
 
+	if st.Static, err = collectStatic(ctx, conn); err != nil {
+		return nil, err
+	}
+
 	d := &st.Deliveries
 	if err := conn.QueryRow(ctx, `SELECT count(*),
 			count(*) FILTER (WHERE next_attempt_at <= now()),
@@ -181,6 +199,34 @@ func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, er
 		return nil, fmt.Errorf("read recent failures: %w", err)
 	}
 	return st, nil
+}
+
+// collectStatic lists the static subscriptions; none before schema version
+// 10, which added them.
+func collectStatic(ctx context.Context, conn *pgx.Conn) ([]StaticStatus, error) {
+	out := []StaticStatus{}
+	var has bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute
+		WHERE attrelid = 'walhook.subscriptions'::regclass AND attname = 'static_name' AND NOT attisdropped)`).Scan(&has); err != nil {
+		return nil, fmt.Errorf("look for static subscriptions: %w", err)
+	}
+	if !has {
+		return out, nil
+	}
+	rows, err := conn.Query(ctx, `SELECT static_name, id::text, events, target_url, owner, active, coalesce(status_message, '')
+		FROM walhook.subscriptions WHERE static_name IS NOT NULL ORDER BY static_name`)
+	if err != nil {
+		return nil, fmt.Errorf("list static subscriptions: %w", err)
+	}
+	var s StaticStatus
+	if _, err := pgx.ForEachRow(rows, []any{&s.Name, &s.ID, &s.Events, &s.TargetURL, &s.Owner, &s.Active, &s.StatusMessage}, func() error {
+		out = append(out, s)
+		s = StaticStatus{}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list static subscriptions: %w", err)
+	}
+	return out, nil
 }
 
 func deref(s *string) string {

@@ -405,6 +405,9 @@ func (w *Worker) attempt(ctx context.Context, r *Request) Outcome {
 	req.Header.Set("User-Agent", r.UserAgent)
 	req.Header.Set("webhook-id", r.EventID)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
+	// The subscription id lets a receiver with several subscriptions pick
+	// the secret to verify with before it trusts the body.
+	req.Header.Set("webhook-subscription", r.SubscriptionID)
 	if r.Key != nil {
 		sig := Sign(r.Key, r.EventID, ts, r.Body)
 		if r.PrevKey != nil {

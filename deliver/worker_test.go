@@ -320,3 +320,38 @@ func TestWorkerRateLimitsPerTarget(t *testing.T) {
 		t.Fatalf("%d requests at %v/s spanned %v, want at least %v", n, perSecond, span, minSpan)
 	}
 }
+
+// TestAttemptHeaders: every attempt names its event and its subscription,
+// whatever the dialect adds; a dialect cannot override them.
+func TestAttemptHeaders(t *testing.T) {
+	t.Parallel()
+	got := make(chan http.Header, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	done := make(chan struct{})
+	w := newTestWorker(t, Config{AllowHTTP: true, AllowPrivate: true}, func(r *Request, o Outcome) {
+		if !o.Succeeded() {
+			t.Errorf("attempt = %+v, want success", o)
+		}
+		close(done)
+	})
+	const sub = "5b1e3f1c-0000-4000-8000-000000000001"
+	err := w.Submit(context.Background(), &Request{SubscriptionID: sub, EventID: "ev-1", Event: "order.created",
+		URL: srv.URL, Method: http.MethodPost, UserAgent: "walhook/test", Body: []byte(`{}`), Attempt: 3,
+		Header: http.Header{"Webhook-Subscription": {"forged"}, "X-Source": {"walhook"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, done, "the attempt")
+	h := <-got
+	want := map[string]string{"Webhook-Subscription": sub, "Webhook-Id": "ev-1", "Content-Type": "application/json",
+		"User-Agent": "walhook/test", "X-Source": "walhook"}
+	for k, v := range want {
+		if h.Get(k) != v {
+			t.Fatalf("header %s = %q, want %q (all: %v)", k, h.Get(k), v, h)
+		}
+	}
+}

@@ -62,6 +62,8 @@ type Config struct {
 	Delivery Delivery
 	// Dialects always holds DialectDefault and DialectZapier.
 	Dialects map[string]*DialectConfig
+	// Subscriptions are the static subscriptions, in config order.
+	Subscriptions []*StaticSubscription
 }
 
 // Owners tells how to load a subscription owner's attributes for ACL rules.
@@ -162,15 +164,16 @@ var (
 // overridden by a dialect: a receiver verifying signatures must be able to
 // trust them. The value says what to do instead.
 var reservedHeaders = map[string]string{
-	"content-type":      "walhook always sends application/json",
-	"webhook-id":        "walhook sets it to the event id",
-	"webhook-timestamp": "walhook sets it when signing",
-	"webhook-signature": "walhook sets it from the subscription's secret",
-	"user-agent":        "set the dialect's user_agent instead",
-	"host":              "it comes from the target URL",
-	"content-length":    "it is computed from the body",
-	"transfer-encoding": "it is chosen by the HTTP client",
-	"connection":        "it is managed by the HTTP client",
+	"content-type":         "walhook always sends application/json",
+	"webhook-id":           "walhook sets it to the event id",
+	"webhook-timestamp":    "walhook sets it when signing",
+	"webhook-signature":    "walhook sets it from the subscription's secret",
+	"webhook-subscription": "walhook sets it to the subscription id",
+	"user-agent":           "set the dialect's user_agent instead",
+	"host":                 "it comes from the target URL",
+	"content-length":       "it is computed from the body",
+	"transfer-encoding":    "it is chosen by the HTTP client",
+	"connection":           "it is managed by the HTTP client",
 }
 
 // Load reads and parses the config file at path. Reading the file is the only
@@ -194,6 +197,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	// Semantic checks of tables run on the struct, not the YAML, so New can
 	// repeat them for a Config built in code.
 	p.errs = append(p.errs, validateTables(file, cfg.Tables)...)
+	p.errs = append(p.errs, checkStatic(file, cfg)...)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
@@ -279,7 +283,7 @@ func (p *parser) config(cfg *Config, root *yaml.Node) {
 		return
 	}
 	sawTables := false
-	p.fields(root, "", []string{"owners", "tables", "delivery", "dialects"}, func(key string, k, v *yaml.Node) {
+	p.fields(root, "", []string{"owners", "tables", "delivery", "dialects", "subscriptions"}, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "owners":
 			cfg.Owners = p.owners(k, v)
@@ -293,6 +297,8 @@ func (p *parser) config(cfg *Config, root *yaml.Node) {
 			p.delivery(&cfg.Delivery, v)
 		case "dialects":
 			p.dialects(cfg.Dialects, v)
+		case "subscriptions":
+			cfg.Subscriptions = p.subscriptions(v)
 		}
 	})
 	if !sawTables && root.Kind == yaml.MappingNode {

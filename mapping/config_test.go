@@ -230,7 +230,7 @@ func TestLoadBadFiles(t *testing.T) {
 			`2: tables[0].noun: required: the event prefix, e.g. order for order.created`,
 			`3: tables[0].nuon: unknown key "nuon" (allowed: table, noun, key, site, verbs, columns, acl, events, payload); did you mean "noun"?`,
 			`5: tables[0].columns.includes: unknown key "includes" (allowed: include, exclude); did you mean "include"?`,
-			`6: deliveries: unknown key "deliveries" (allowed: owners, tables, delivery, dialects)`,
+			`6: deliveries: unknown key "deliveries" (allowed: owners, tables, delivery, dialects, subscriptions)`,
 		}},
 		{"bad-verbs.yaml", []string{
 			`7: tables[0].verbs.upsert: unknown operation "upsert" (want insert, update or delete)`,
@@ -350,7 +350,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key via anchor",
 			yaml: "x-acl: &tenant row.tenant_id in owner.tenants\n" + strings.Replace(minimal, `acl: "true"`, "acl: *tenant", 1),
-			want: []string{`walhook.yaml:1: x-acl: unknown key "x-acl" (allowed: owners, tables, delivery, dialects)`},
+			want: []string{`walhook.yaml:1: x-acl: unknown key "x-acl" (allowed: owners, tables, delivery, dialects, subscriptions)`},
 		},
 		{
 			name: "repeated key",

@@ -12,6 +12,17 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
+// newConn connects to a fresh database, closed when the test ends.
+func newConn(t *testing.T) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), pgtest.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
 func TestMigrationsAreNumberedInOrder(t *testing.T) {
 	migs, err := Migrations()
 	if err != nil {
@@ -30,11 +41,7 @@ func TestMigrationsAreNumberedInOrder(t *testing.T) {
 func TestInstallAppliesOnceAndSyncs(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgtest.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := newConn(t)
 	if v, err := Version(ctx, conn); err != nil || v != 0 {
 		t.Fatalf("Version() before install = %d, %v; want 0", v, err)
 	}

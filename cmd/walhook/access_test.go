@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/walhook/walhook/internal/e2e"
+	"github.com/walhook/walhook/mapping"
+	"github.com/walhook/walhook/schema"
 )
 
 // TestRunAsNonSuperuser installs with --run-role and runs walhook as a role
@@ -30,6 +32,16 @@ func TestRunAsNonSuperuser(t *testing.T) {
 	}
 	e.Subscribe("customer.created", "/c")
 	e.DSN = e2e.DSNAs(t, e.DSN, role)
+	// run reconciles static subscriptions at start, as this role.
+	runConn, err := pgx.Connect(context.Background(), e.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runConn.Close(context.Background())
+	static := []*mapping.StaticSubscription{{Name: "s", Events: []string{"order.*"}, Target: "https://example.com/h", Owner: "1", Site: "/", Dialect: "default"}}
+	if changes, err := schema.Reconcile(context.Background(), runConn, static); err != nil || len(changes) != 1 {
+		t.Fatalf("Reconcile as the run role = %q, %v; want the subscription created", changes, err)
+	}
 	e.start()
 	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'as a plain role')`)
 	e.Recv.Wait(t, "/c", 1)

@@ -58,6 +58,9 @@ func printStatus(w io.Writer, st *walhook.StatusReport) error {
 		return err
 	}
 	fmt.Fprintln(w)
+	if err := printStatic(w, st.Static); err != nil {
+		return err
+	}
 	if len(st.RecentFailures) == 0 {
 		_, err := fmt.Fprintln(w, "RECENT FAILURES: none")
 		return err
@@ -77,6 +80,28 @@ func printStatus(w io.Writer, st *walhook.StatusReport) error {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\n", f.At.UTC().Format(time.RFC3339), f.SubscriptionID, f.Event, f.Attempt, status, errText)
 	}
 	return tw.Flush()
+}
+
+// printStatic lists the static subscriptions, when there are any.
+func printStatic(w io.Writer, static []walhook.StaticStatus) error {
+	if len(static) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "STATIC SUBSCRIPTIONS")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NAME\tID\tEVENTS\tTARGET\tOWNER\tSTATE")
+	for _, s := range static {
+		state := "active"
+		if !s.Active {
+			state = "inactive: " + s.StatusMessage
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.ID, strings.Join(s.Events, ","), s.TargetURL, s.Owner, state)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(w)
+	return err
 }
 
 // byteSize formats n bytes for people: 512 B, 1.5 kB, 16.0 MB.

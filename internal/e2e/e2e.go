@@ -457,3 +457,13 @@ func (e *Env) Config() *mapping.Config {
 	}
 	return cfg
 }
+
+// GoneAt makes the receiver answer 410 Gone at path and 200 elsewhere.
+func (r *Receiver) GoneAt(path string) {
+	r.SetStatus(func(req *http.Request) int {
+		if req.URL.Path == path {
+			return http.StatusGone
+		}
+		return http.StatusOK
+	})
+}

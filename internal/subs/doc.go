@@ -12,7 +12,11 @@
 //   - Every subscription change the stream applies is written to the log, in
 //     the transaction's acknowledgement path, before the slot may pass it.
 //   - Lookup cost grows with the depth of the site path, not with the number
-//     of subscriptions.
+//     of subscriptions: each entry of a subscription's events (a name,
+//     noun.*, *.verb or *) is filed under its own key, and a lookup reads at
+//     most four keys per site.
+//   - Match returns a subscription at most once per event, however many of
+//     its entries match: one event is one request per subscription.
 //
 // The Index is owned by the consumer goroutine and is not safe for concurrent
 // use.

@@ -24,7 +24,8 @@ type Entry struct {
 func Load(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (*Index, error) {
 	ix := New()
 	rows, err := db.Query(ctx, `
-		SELECT DISTINCT ON (id) id::text, deleted, coalesce(owner, ''), coalesce(event, ''), coalesce(target_url, ''),
+		SELECT DISTINCT ON (id) id::text, deleted, coalesce(owner, ''),
+			coalesce(events, CASE WHEN event IS NULL THEN '{}'::text[] ELSE ARRAY[event] END), coalesce(target_url, ''),
 			coalesce(site, '/'), coalesce(dialect, 'default'), coalesce(secret, ''), coalesce(active, false),
 			coalesce(previous_secret, ''), coalesce(previous_secret_until, '-infinity')
 		FROM walhook.subscription_log WHERE lsn <= $1::text::pg_lsn
@@ -35,7 +36,7 @@ func Load(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (*Index, err
 	var deleted bool
 	var s Subscription
 	var until pgtype.Timestamptz
-	_, err = pgx.ForEachRow(rows, []any{&s.ID, &deleted, &s.Owner, &s.Event, &s.TargetURL, &s.Site, &s.Dialect, &s.Secret, &s.Active, &s.PrevSecret, &until}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&s.ID, &deleted, &s.Owner, &s.Events, &s.TargetURL, &s.Site, &s.Dialect, &s.Secret, &s.Active, &s.PrevSecret, &until}, func() error {
 		s.PrevSecretUntil = time.Time{}
 		if until.InfinityModifier == pgtype.Finite {
 			s.PrevSecretUntil = until.Time
@@ -44,6 +45,7 @@ func Load(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (*Index, err
 			c := s
 			ix.Put(&c)
 		}
+		s.Events = nil // scanned afresh into a new slice for the next row
 		return nil
 	})
 	if err != nil {
@@ -76,7 +78,7 @@ func WriteLog(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN, entries 
 	for _, e := range entries {
 		if e.Deleted {
 			b.Queue(`INSERT INTO walhook.subscription_log (id, lsn, deleted) VALUES ($1, $2::text::pg_lsn, true)
-				ON CONFLICT (id, lsn) DO UPDATE SET deleted = true, owner = NULL, event = NULL, target_url = NULL,
+				ON CONFLICT (id, lsn) DO UPDATE SET deleted = true, owner = NULL, event = NULL, events = NULL, target_url = NULL,
 					site = NULL, dialect = NULL, secret = NULL, active = NULL, previous_secret = NULL, previous_secret_until = NULL`, e.ID, lsn.String())
 			continue
 		}
@@ -85,14 +87,14 @@ func WriteLog(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN, entries 
 		if !s.PrevSecretUntil.IsZero() {
 			until = s.PrevSecretUntil
 		}
-		b.Queue(`INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, target_url, site, dialect, secret, active,
+		b.Queue(`INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, events, event, target_url, site, dialect, secret, active,
 				previous_secret, previous_secret_until)
-			VALUES ($1, $2::text::pg_lsn, false, $3, $4, $5, $6, $7, nullif($8, ''), $9, nullif($10, ''), $11)
-			ON CONFLICT (id, lsn) DO UPDATE SET deleted = false, owner = excluded.owner, event = excluded.event,
+			VALUES ($1, $2::text::pg_lsn, false, $3, $4::text[], ($4::text[])[1], $5, $6, $7, nullif($8, ''), $9, nullif($10, ''), $11)
+			ON CONFLICT (id, lsn) DO UPDATE SET deleted = false, owner = excluded.owner, events = excluded.events, event = excluded.event,
 				target_url = excluded.target_url, site = excluded.site, dialect = excluded.dialect,
 				secret = excluded.secret, active = excluded.active, previous_secret = excluded.previous_secret,
 				previous_secret_until = excluded.previous_secret_until`,
-			s.ID, lsn.String(), s.Owner, s.Event, s.TargetURL, s.Site, s.Dialect, s.Secret, s.Active, s.PrevSecret, until)
+			s.ID, lsn.String(), s.Owner, s.Events, s.TargetURL, s.Site, s.Dialect, s.Secret, s.Active, s.PrevSecret, until)
 	}
 	if err := db.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write subscription log at %s: %w", lsn, err)
@@ -104,9 +106,9 @@ func WriteLog(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN, entries 
 // creates a slot, since the new slot will never replay how they came to be.
 func Snapshot(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) (int64, error) {
 	tag, err := conn.Exec(ctx, `
-		INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, target_url, site, dialect, secret, active,
+		INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, events, target_url, site, dialect, secret, active,
 			previous_secret, previous_secret_until)
-		SELECT id, $1::text::pg_lsn, false, owner, event, target_url, site, dialect, secret, active,
+		SELECT id, $1::text::pg_lsn, false, owner, event, events, target_url, site, dialect, secret, active,
 			previous_secret, previous_secret_until FROM walhook.subscriptions
 		ON CONFLICT (id, lsn) DO NOTHING`, lsn.String())
 	if err != nil {
