@@ -60,6 +60,10 @@ type Config struct {
 	// pipeline starts again after a failure (a panic, a lost connection).
 	MinRestartBackoff time.Duration
 	MaxRestartBackoff time.Duration
+	// DriftInterval is how often the leader checks that the publication
+	// still covers what the config needs, healing it if not
+	// (DefaultDriftInterval).
+	DriftInterval time.Duration
 }
 
 // nameRE is what slot and publication names may be. PostgreSQL allows no
@@ -100,6 +104,7 @@ func (c *Config) Validate() error {
 		{"StandbyInterval", c.StandbyInterval}, {"ShutdownTimeout", c.ShutdownTimeout},
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"SampleInterval", c.SampleInterval},
 		{"MinRestartBackoff", c.MinRestartBackoff}, {"MaxRestartBackoff", c.MaxRestartBackoff},
+		{"DriftInterval", c.DriftInterval},
 	} {
 		if d.value < 0 {
 			add(d.field, "negative duration %s", d.value)
@@ -138,6 +143,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MinRestartBackoff == 0 {
 		c.MinRestartBackoff = DefaultMinRestartBackoff
+	}
+	if c.DriftInterval == 0 {
+		c.DriftInterval = DefaultDriftInterval
 	}
 	if c.MaxRestartBackoff == 0 {
 		c.MaxRestartBackoff = max(DefaultMaxRestartBackoff, c.MinRestartBackoff)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -55,6 +56,10 @@ type Service struct {
 	stopS   sync.Once
 	stopH   sync.Once
 	done    chan struct{} // closed when Run returns
+
+	// rebuildIndex is set when walhook.subscriptions was out of the
+	// publication: the next pipeline rebuilds the index from the table.
+	rebuildIndex atomic.Bool
 
 	// hooks are for tests of this package: they inject failures.
 	hooks hooks
@@ -251,6 +256,12 @@ func (s *Service) supervise(soft, hard context.Context) error {
 		if soft.Err() != nil || hard.Err() != nil {
 			return nil
 		}
+		if isPublicationMissing(err) {
+			return publicationDropped(s.cfg.Publication, s.cfg.Slot, err)
+		}
+		if errors.Is(err, errIndexStale) {
+			s.rebuildIndex.Store(true)
+		}
 		if !retryable(err) && !errors.Is(err, errLostLeadership) {
 			return err
 		}
@@ -301,7 +312,8 @@ func retryable(err error) bool {
 	if errors.As(err, &active) {
 		return true
 	}
-	if errors.Is(err, cdc.ErrSlotMissing) {
+	var dropped *PublicationDroppedError
+	if errors.Is(err, cdc.ErrSlotMissing) || errors.As(err, &dropped) {
 		return false
 	}
 	var pgErr *pgconn.PgError
@@ -337,6 +349,20 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	}
 	if slot.Active {
 		return &cdc.SlotActiveError{Slot: s.cfg.Slot, Err: fmt.Errorf("active for PID %d", slot.ActivePID)}
+	}
+	if err := s.checkDrift(hard, db); errors.Is(err, errIndexStale) {
+		s.rebuildIndex.Store(true)
+	} else if err != nil {
+		return err
+	}
+	if s.rebuildIndex.Load() {
+		n, err := subs.Rebuild(hard, db, slot.ConfirmedFlush)
+		if err != nil {
+			return err
+		}
+		s.rebuildIndex.Store(false)
+		log.Warn("rebuilt the subscription index from walhook.subscriptions: changes to subscriptions while it was out of the publication were not seen in commit order",
+			"subscriptions", n, "lsn", slot.ConfirmedFlush.String())
 	}
 	idx, err := subs.Load(hard, db, slot.ConfirmedFlush)
 	if err != nil {
@@ -388,6 +414,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	g.Go("recorder", recCtx, func() error { return worker.Run(recCtx) })
 	samplers.Go(func() { s.sampleMetrics(recCtx, db, stream.Tracker(), worker) })
 	samplers.Go(func() { s.pruneLog(recCtx, db) })
+	g.Go("publication check", recCtx, func() error { return s.watchDrift(recCtx, db) })
 	readers.Go("stream", readCtx, func() error { return stream.Run(readCtx, msgs) })
 	readers.Go("consumer", readCtx, func() error { return con.run(readCtx, pctx, msgs) })
 	// Like the consumer: stops claiming with readCtx, while the attempts it

@@ -116,3 +116,37 @@ func Snapshot(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) (int64, er
 	}
 	return tag.RowsAffected(), nil
 }
+
+// Rebuild makes the log say, at lsn, that the subscriptions are what the
+// table holds now: for when changes to walhook.subscriptions did not reach
+// the stream (the table was out of the publication), so the log missed
+// them. Load(lsn) then gives the table's state.
+func Rebuild(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (int64, error) {
+	var n int64
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, events, target_url, site, dialect, secret, active,
+				previous_secret, previous_secret_until)
+			SELECT id, $1::text::pg_lsn, false, owner, event, events, target_url, site, dialect, secret, active,
+				previous_secret, previous_secret_until FROM walhook.subscriptions
+			ON CONFLICT (id, lsn) DO UPDATE SET deleted = false, owner = excluded.owner, event = excluded.event,
+				events = excluded.events, target_url = excluded.target_url, site = excluded.site, dialect = excluded.dialect,
+				secret = excluded.secret, active = excluded.active, previous_secret = excluded.previous_secret,
+				previous_secret_until = excluded.previous_secret_until`, lsn.String())
+		if err != nil {
+			return fmt.Errorf("rebuild subscription log at %s: %w", lsn, err)
+		}
+		n = tag.RowsAffected()
+		// Those the log still has and the table does not were removed in the
+		// gap.
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO walhook.subscription_log (id, lsn, deleted)
+			SELECT DISTINCT l.id, $1::text::pg_lsn, true FROM walhook.subscription_log l
+			WHERE NOT EXISTS (SELECT 1 FROM walhook.subscriptions s WHERE s.id = l.id)
+			ON CONFLICT (id, lsn) DO UPDATE SET deleted = true`, lsn.String()); err != nil {
+			return fmt.Errorf("rebuild subscription log at %s: %w", lsn, err)
+		}
+		return nil
+	})
+	return n, err
+}
