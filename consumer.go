@@ -38,7 +38,7 @@ type consumer struct {
 	entries []subs.Entry
 }
 
-func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) *consumer {
+func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, relIDs map[uint32]string) *consumer {
 	watched := map[string]bool{}
 	oc := s.cfg.Mapping.Owners
 	if oc != nil {
@@ -50,6 +50,11 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) 
 	log := s.log.With("component", "pipeline")
 	r := newRouter(s.mapper, s.rules, idx, owners, out, pgStore{db}, s.dialects, log, s.metrics)
 	r.holder = pgHolder{db}
+	for id, name := range relIDs {
+		if t := s.mapper.Table(name); t != nil {
+			r.byRel[id] = t
+		}
+	}
 	return &consumer{
 		router:         r,
 		owners:         owners,
@@ -110,7 +115,7 @@ func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) erro
 func (c *consumer) releaser(out submitter) *router {
 	r := c.router
 	rr := newRouter(r.mapper, r.rules, r.idx, r.owners, out, r.store, r.dialects, r.log, r.metrics)
-	rr.holdLog = r.holdLog
+	rr.holdLog, rr.byRel, rr.renamed = r.holdLog, r.byRel, r.renamed
 	return rr
 }
 
@@ -212,6 +217,22 @@ func (c *consumer) removeOwner(ctx context.Context, ch *change.Change) error {
 		c.log.Info("removed the subscriptions of a deleted owner", "owner", id, "subscriptions", n)
 	}
 	return nil
+}
+
+// mappedRelations returns the relation id of each mapped table that exists,
+// so that a table renamed while walhook was stopped is still followed.
+func (s *Service) mappedRelations(ctx context.Context, db *pgxpool.Pool) (map[uint32]string, error) {
+	out := map[uint32]string{}
+	for _, t := range s.mapper.Tables() {
+		var oid *uint32
+		if err := db.QueryRow(ctx, `SELECT to_regclass($1)::oid`, quoteTable(t)).Scan(&oid); err != nil {
+			return nil, fmt.Errorf("look up %s: %w", t, err)
+		}
+		if oid != nil {
+			out[*oid] = t
+		}
+	}
+	return out, nil
 }
 
 // pgStore is the router's subscriptionStore on the database.

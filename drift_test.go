@@ -75,3 +75,17 @@ func TestDroppedPublicationStopsLoudly(t *testing.T) {
 		t.Fatal("Run did not stop after the publication was dropped")
 	}
 }
+
+// TestRenamedTableIsFollowed: a mapped table renamed while walhook runs
+// keeps producing its events (walhook follows it by its relation id and
+// warns that the config uses the old name), instead of going silent.
+func TestRenamedTableIsFollowed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.SubscribeAs("1", "order.created", "/o")
+	svc := e.start()
+	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })
+	e.Exec(`ALTER TABLE public.orders RENAME TO orders_renamed`)
+	e.Exec(`INSERT INTO public.orders_renamed (id, tenant_id, total) VALUES (1, 7, 10)`)
+	e.Recv.WaitRows(t, "/o", 1)
+}

@@ -232,40 +232,54 @@ func (e installMismatch) Error() string { return string(e) }
 // checkInstalled refuses to run with a config the database was not installed
 // for: a mapped table missing from the publication would produce nothing,
 // silently, and an event missing from walhook.events cannot be subscribed to.
-func checkInstalled(ctx context.Context, dsn, publication string, mapper *mapping.Mapper) error {
+//
+// A mapped table that no longer exists (dropped, or renamed while walhook was
+// stopped) is not refused: the other tables go on. It is returned as a
+// warning, for the caller to log loudly.
+func checkInstalled(ctx context.Context, dsn, publication string, mapper *mapping.Mapper) (warnings []string, err error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	v, err := schema.Version(ctx, conn)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if v == 0 {
-		return installMismatch("walhook is not installed in this database: run walhook install with this config")
+		return nil, installMismatch("walhook is not installed in this database: run walhook install with this config")
 	}
 	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
-		return fmt.Errorf("read publication %q: %w", publication, err)
+		return nil, fmt.Errorf("read publication %q: %w", publication, err)
 	}
 	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("read publication %q: %w", publication, err)
+		return nil, fmt.Errorf("read publication %q: %w", publication, err)
 	}
 	var missing []string
 	for _, t := range mapper.Tables() {
-		if !slices.Contains(published, t) {
-			missing = append(missing, t)
+		if slices.Contains(published, t) {
+			continue
 		}
+		var exists bool
+		if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, quoteTable(t)).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("look up %s: %w", t, err)
+		}
+		if !exists {
+			warnings = append(warnings, fmt.Sprintf("mapped table %s does not exist (dropped, or renamed while walhook was stopped): "+
+				"it produces no events until the config names the table as it is now", t))
+			continue
+		}
+		missing = append(missing, t)
 	}
 	rows, err = conn.Query(ctx, `SELECT name FROM walhook.events`)
 	if err != nil {
-		return fmt.Errorf("read walhook.events: %w", err)
+		return nil, fmt.Errorf("read walhook.events: %w", err)
 	}
 	events, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("read walhook.events: %w", err)
+		return nil, fmt.Errorf("read walhook.events: %w", err)
 	}
 	for _, e := range mapper.Events() {
 		if !slices.Contains(events, e.Name) {
@@ -273,10 +287,10 @@ func checkInstalled(ctx context.Context, dsn, publication string, mapper *mappin
 		}
 	}
 	if len(missing) > 0 {
-		return installMismatch(fmt.Sprintf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
+		return nil, installMismatch(fmt.Sprintf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
 			strings.Join(missing, ", ")))
 	}
-	return nil
+	return warnings, nil
 }
 
 // CheckCatalog checks the config's tables and columns against the database.

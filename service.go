@@ -145,7 +145,11 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	defer cancelHard()
 
-	if err := checkInstalled(hard, s.cfg.DatabaseURL, s.cfg.Publication, s.mapper); err != nil {
+	warnings, err := checkInstalled(hard, s.cfg.DatabaseURL, s.cfg.Publication, s.mapper)
+	for _, w := range warnings {
+		s.log.Warn(w)
+	}
+	if err != nil {
 		var mismatch installMismatch
 		if errors.As(err, &mismatch) {
 			return err
@@ -158,7 +162,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("walhook starting", "version", Version, "slot", s.cfg.Slot, "publication", s.cfg.Publication, "tables", len(s.cfg.Mapping.Tables))
-	err := s.supervise(soft, hard)
+	err = s.supervise(soft, hard)
 	s.stopStandby(hard, cancelHard)
 	if err == nil {
 		s.log.Info("walhook stopped")
@@ -407,7 +411,11 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	recCtx, stopRec := context.WithCancel(pctx)
 	defer stopRec()
 
-	con := s.newConsumer(db, idx, worker)
+	relIDs, err := s.mappedRelations(hard, db)
+	if err != nil {
+		return err
+	}
+	con := s.newConsumer(db, idx, worker, relIDs)
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 
 	var samplers conc.WaitGroup
