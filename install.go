@@ -249,6 +249,13 @@ func checkInstalled(ctx context.Context, dsn, publication string, mapper *mappin
 	if v == 0 {
 		return nil, installMismatch("walhook is not installed in this database: run walhook install with this config")
 	}
+	migs, err := schema.Migrations()
+	if err != nil {
+		return nil, err
+	}
+	if latest := migs[len(migs)-1].Version; v < latest {
+		return nil, installMismatch(fmt.Sprintf("the installed schema is version %d and this walhook needs %d: run walhook install to upgrade it", v, latest))
+	}
 	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
 		return nil, fmt.Errorf("read publication %q: %w", publication, err)

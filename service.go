@@ -48,6 +48,7 @@ type Service struct {
 	metrics  *metrics.Metrics
 	state    *state
 	standby  standby
+	name     string // in walhook.processes
 
 	once    sync.Once // guards running
 	running bool
@@ -100,6 +101,7 @@ func New(cfg Config, logger *slog.Logger) (*Service, error) {
 		dialects: deliver.Dialects(cfg.Mapping, Version),
 		metrics:  metrics.New(Version),
 		state:    newState(),
+		name:     processName(),
 		soft:     make(chan struct{}),
 		hard:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -161,6 +163,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.reconcileStatic(hard); err != nil {
 		return err
 	}
+	reporting, stopReporting := context.WithCancel(hard)
+	defer stopReporting()
+	wg.Go(func() { s.reportProcess(reporting) })
 	s.log.Info("walhook starting", "version", Version, "slot", s.cfg.Slot, "publication", s.cfg.Publication, "tables", len(s.cfg.Mapping.Tables))
 	err = s.supervise(soft, hard)
 	s.stopStandby(hard, cancelHard)
