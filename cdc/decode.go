@@ -19,7 +19,8 @@ var errShort = errors.New("message truncated")
 // flight keep the shape they were decoded with.
 type relations map[uint32]*change.Relation
 
-func (rs relations) apply(m *pglogrepl.RelationMessage) *change.Relation {
+// apply records m, giving each column the encoder enc returns for its type.
+func (rs relations) apply(m *pglogrepl.RelationMessage, enc func(oid uint32) change.Encoder) *change.Relation {
 	r := &change.Relation{
 		ID:              m.RelationID,
 		Schema:          m.Namespace,
@@ -32,7 +33,7 @@ func (rs relations) apply(m *pglogrepl.RelationMessage) *change.Relation {
 			Name:    c.Name,
 			TypeOID: c.DataType,
 			Key:     c.Flags&1 != 0,
-			Enc:     change.EncoderFor(c.DataType),
+			Enc:     enc(c.DataType),
 		}
 	}
 	rs[m.RelationID] = r

@@ -167,7 +167,9 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 	}
 	s.log.Info("streaming", "lsn", s.cfg.Start.String(), "publication", s.cfg.Publication)
 
-	r := &reader{s: s, conn: conn, out: out, rels: relations{}, source: ident.SystemID + "/" + ident.DBName}
+	r := &reader{s: s, conn: conn, out: out, rels: relations{}, source: ident.SystemID + "/" + ident.DBName,
+		types: newTypeResolver(s.cfg.DatabaseURL, min(DefaultTypeLookupTimeout, s.cfg.StandbyInterval/2), s.log)}
+	defer r.types.close(context.WithoutCancel(ctx))
 	err = r.loop(ctx)
 	// A last status so the server keeps what was finished; the connection may
 	// be gone already, in which case there is nothing to tell.
@@ -182,6 +184,7 @@ type reader struct {
 	conn       *pgconn.PgConn
 	out        chan<- Message
 	rels       relations
+	types      *typeResolver
 	source     string // change.Tx.Source of every transaction
 	cur        *Txn
 	seq        uint32
@@ -317,15 +320,16 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		r.cur = nil
 		return r.emit(ctx, Message{Kind: KindCommit, Txn: t})
 	case *pglogrepl.RelationMessage:
-		r.rels.apply(m)
+		r.types.prepare(ctx, m)
+		r.rels.apply(m, r.types.encoderFor)
 	case *pglogrepl.LogicalDecodingMessage:
 		if m.Prefix == SitePrefix && m.Transactional && r.cur != nil {
 			return r.emit(ctx, Message{Kind: KindSite, Txn: r.cur, Site: string(m.Content)})
 		}
 	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage, *pglogrepl.TruncateMessage:
-		// Types: values arrive as text, and an unknown type's text becomes a
-		// JSON string, so the type's name is not needed. Truncate is not
-		// published.
+		// Types: a TYPE message names a type but not what it is made of, so
+		// the RELATION that follows looks its columns' types up in the
+		// catalog instead (types.go). Truncate is not published.
 	}
 	return nil
 }

@@ -14,6 +14,14 @@ import (
 // that no input, however malformed, loses data or makes the document invalid
 // (json and jsonb excepted; see appendRawJSON).
 
+// Types beyond the built-ins below get their encoders from cdc, which reads
+// the catalog: a domain uses its base type's encoder, an array of any type
+// ArrayEncoder over its element's, a composite CompositeEncoder over its
+// attributes'. Enums, ranges and multiranges stay strings in PostgreSQL's
+// text form ("[1,5)"), as to_json gives them: lossless, and every client
+// library parses it, where an object {lower, upper, ...} would be walhook's
+// own invention. README's type table is the user-facing list.
+
 // EncoderFor returns the Encoder for a type OID. Array types are decoded with
 // the encoder of their built-in element type. Unknown OIDs (enums, domains,
 // composites, extension and user types) and arrays of them encode as JSON

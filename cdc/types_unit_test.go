@@ -1,0 +1,62 @@
+package cdc
+
+import (
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/walhook/walhook/internal/change"
+)
+
+// TestBuildEncoder builds encoders from catalog rows as lookupTypes returns
+// them, without a server.
+func TestBuildEncoder(t *testing.T) {
+	types := map[uint32]*pgType{
+		100: {OID: 100, Name: "public.posint", Kind: 'd', Base: pgtype.Int4OID, Delim: ','},
+		101: {OID: 101, Name: "public.qty", Kind: 'd', Base: 100, Delim: ','},
+		102: {OID: 102, Name: "public._qty", Kind: 'b', Elem: 101, Delim: ','},
+		103: {OID: 103, Name: "public.mood", Kind: 'e', Delim: ','},
+		104: {OID: 104, Name: "public._mood", Kind: 'b', Elem: 103, Delim: ','},
+		105: {OID: 105, Name: "public.pair", Kind: 'c', Delim: ',', Fields: []pgField{{"n", 101}, {"m", 104}}},
+		106: {OID: 106, Name: "public._pair", Kind: 'b', Elem: 105, Delim: ','},
+		107: {OID: 107, Name: "public.semi", Kind: 'b', Delim: ';'},
+		108: {OID: 108, Name: "public._semi", Kind: 'b', Elem: 107, Delim: ','},
+		109: {OID: 109, Name: "public.span", Kind: 'r', Delim: ','},
+		110: {OID: 110, Name: "public.broken", Kind: 'c', Delim: ',', Fields: []pgField{{"x", 999}}},
+		111: {OID: 111, Name: "public.loop", Kind: 'd', Base: 111, Delim: ','},
+	}
+	tests := []struct {
+		name   string
+		oid    uint32
+		in     string
+		want   string
+		wantOK bool
+	}{
+		{"domain over domain over int", 101, "5", `5`, true},
+		{"array of domain", 102, "{1,NULL}", `[1,null]`, true},
+		{"enum", 103, "sad", `"sad"`, true},
+		{"enum array", 104, "{sad,ok}", `["sad","ok"]`, true},
+		{"composite", 105, `(1,"{sad,""o k""}")`, `{"n":1,"m":["sad","o k"]}`, true},
+		{"array of composites", 106, `{"(1,{sad})",NULL}`, `[{"n":1,"m":["sad"]},null]`, true},
+		{"element delimiter", 108, "{a;b}", `["a","b"]`, true},
+		{"range", 109, "[1,2)", `"[1,2)"`, true},
+		{"built in", pgtype.BoolOID, "t", `true`, true},
+		{"missing", 999, "x", `"x"`, false},
+		{"composite with a missing field type", 110, "(1)", `{"x":"1"}`, false},
+		{"cycle", 111, "1", `"1"`, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			built := map[uint32]change.Encoder{}
+			enc, ok := buildEncoder(tc.oid, types, built, 0)
+			if got := enc(nil, []byte(tc.in)); string(got) != tc.want || ok != tc.wantOK {
+				t.Fatalf("buildEncoder(%d)(%q) = %s, %v; want %s, %v", tc.oid, tc.in, got, ok, tc.want, tc.wantOK)
+			}
+			// Only what the catalog described completely is kept.
+			_, builtin := change.BuiltinEncoder(tc.oid)
+			if _, memo := built[tc.oid]; memo != (ok && !builtin) {
+				t.Fatalf("buildEncoder(%d) memoised = %v, want %v", tc.oid, memo, ok && !builtin)
+			}
+		})
+	}
+}
