@@ -230,3 +230,26 @@ func FuzzCompound(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkCompound(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		enc  Encoder
+		in   string
+	}{
+		{"composite", pairEnc, `(12345,"hello, world")`},
+		{"nested composite", nestedEnc, `(7,"(1,""x y"")","{a,""b c""}")`},
+		{"array of composites", pairsEnc, `{"(1,a)","(2,\"b c\")","(3,d)"}`},
+		{"enum array", moodsEnc, `{sad,ok,happy,NULL}`},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			in := []byte(bc.in)
+			var dst []byte
+			b.ReportAllocs()
+			b.SetBytes(int64(len(in)))
+			for b.Loop() {
+				dst = bc.enc(dst[:0], in)
+			}
+		})
+	}
+}
