@@ -144,6 +144,10 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// Connected before replication starts, when no status is due yet.
+	types := newTypeResolver(s.cfg.DatabaseURL, min(DefaultTypeLookupTimeout, s.cfg.StandbyInterval/2), s.log)
+	types.open(ctx)
+	defer types.close(context.WithoutCancel(ctx))
 
 	// Only the identity is taken from IDENTIFY_SYSTEM, never its position:
 	// the stream resumes from the slot's own.
@@ -167,9 +171,7 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 	}
 	s.log.Info("streaming", "lsn", s.cfg.Start.String(), "publication", s.cfg.Publication)
 
-	r := &reader{s: s, conn: conn, out: out, rels: relations{}, source: ident.SystemID + "/" + ident.DBName,
-		types: newTypeResolver(s.cfg.DatabaseURL, min(DefaultTypeLookupTimeout, s.cfg.StandbyInterval/2), s.log)}
-	defer r.types.close(context.WithoutCancel(ctx))
+	r := &reader{s: s, conn: conn, out: out, rels: relations{}, source: ident.SystemID + "/" + ident.DBName, types: types}
 	err = r.loop(ctx)
 	// A last status so the server keeps what was finished; the connection may
 	// be gone already, in which case there is nothing to tell.

@@ -13,7 +13,8 @@ import (
 	"github.com/walhook/walhook/internal/change"
 )
 
-// DefaultTypeLookupTimeout bounds one catalog lookup of column types. The
+// DefaultTypeLookupTimeout bounds one catalog lookup of column types, and the
+// connection made for them before replication starts. The
 // stream uses at most half its standby interval, so the goroutine that owns
 // the replication connection never blocks past it.
 const DefaultTypeLookupTimeout = 5 * time.Second
@@ -246,6 +247,20 @@ func (tr *typeResolver) warn(oid uint32, rel string, err error) {
 	tr.warned[oid] = true
 	tr.log.Warn("column type not resolved: its values are sent as JSON strings until it is",
 		"type_oid", oid, "relation", rel, "err", err)
+}
+
+// open connects ahead of the first lookup, before streaming starts, so that
+// a lookup on the reader's clock is one query, not a connection set-up too.
+// A failure is left for lookup to retry, and to report per type if it must.
+func (tr *typeResolver) open(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, DefaultTypeLookupTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, tr.url)
+	if err != nil {
+		tr.log.Debug("connect for type lookups", "err", err)
+		return
+	}
+	tr.conn = conn
 }
 
 // lookup queries the catalog, connecting first when needed; a failed
