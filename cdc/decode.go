@@ -19,8 +19,9 @@ var errShort = errors.New("message truncated")
 // flight keep the shape they were decoded with.
 type relations map[uint32]*change.Relation
 
-// apply records m, giving each column the encoder enc returns for its type.
-func (rs relations) apply(m *pglogrepl.RelationMessage, enc func(oid uint32) change.Encoder) *change.Relation {
+// apply records m, giving each column the encoder and base type that
+// resolve returns for its type.
+func (rs relations) apply(m *pglogrepl.RelationMessage, resolve func(oid uint32) (change.Encoder, uint32)) *change.Relation {
 	r := &change.Relation{
 		ID:              m.RelationID,
 		Schema:          m.Namespace,
@@ -29,11 +30,13 @@ func (rs relations) apply(m *pglogrepl.RelationMessage, enc func(oid uint32) cha
 		Columns:         make([]change.Column, len(m.Columns)),
 	}
 	for i, c := range m.Columns {
+		enc, base := resolve(c.DataType)
 		r.Columns[i] = change.Column{
 			Name:    c.Name,
 			TypeOID: c.DataType,
 			Key:     c.Flags&1 != 0,
-			Enc:     enc(c.DataType),
+			Enc:     enc,
+			Base:    base,
 		}
 	}
 	rs[m.RelationID] = r

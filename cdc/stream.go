@@ -323,7 +323,7 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		return r.emit(ctx, Message{Kind: KindCommit, Txn: t})
 	case *pglogrepl.RelationMessage:
 		r.types.prepare(ctx, m)
-		r.rels.apply(m, r.types.encoderFor)
+		r.rels.apply(m, r.types.column)
 	case *pglogrepl.LogicalDecodingMessage:
 		if m.Prefix == SitePrefix && m.Transactional && r.cur != nil {
 			return r.emit(ctx, Message{Kind: KindSite, Txn: r.cur, Site: string(m.Content)})

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/walhook/walhook/internal/change"
 )
@@ -34,6 +35,7 @@ type pgType struct {
 	Base  uint32 // a domain's base type
 	Elem  uint32 // an array's element type (types whose output is array_out)
 	Delim byte   // typdelim: the delimiter of arrays of this type
+	Array uint32 // typarray: the array type of this type, or 0
 	// Fields are a composite's live attributes in order.
 	Fields []pgField
 }
@@ -64,7 +66,7 @@ WITH RECURSIVE want(oid) AS (
 )
 SELECT t.oid, n.nspname || '.' || t.typname, t.typtype::text, t.typbasetype,
        CASE WHEN t.typoutput = 'pg_catalog.array_out'::pg_catalog.regproc THEN t.typelem ELSE 0 END,
-       t.typdelim::text,
+       t.typdelim::text, t.typarray,
        coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
                  WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
        coalesce((SELECT array_agg(a.atttypid ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
@@ -86,7 +88,7 @@ func lookupTypes(ctx context.Context, conn *pgx.Conn, oids []uint32) (map[uint32
 		names        []string
 		fieldTypeIDs []uint32
 	)
-	_, err = pgx.ForEachRow(rows, []any{&t.OID, &t.Name, &kind, &t.Base, &t.Elem, &delim, &names, &fieldTypeIDs}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&t.OID, &t.Name, &kind, &t.Base, &t.Elem, &delim, &t.Array, &names, &fieldTypeIDs}, func() error {
 		pt := t
 		pt.Kind = kind[0]
 		pt.Delim = delim[0]
@@ -165,6 +167,52 @@ func buildEncoder(oid uint32, types map[uint32]*pgType, built map[uint32]change.
 	return enc, ok
 }
 
+// baseType returns the built-in type whose text form oid's values have, for
+// change.Column.Base: oid itself when built in, a domain's base type through
+// every domain, text for an enum, and for an array the array type of its
+// element's base type. 0 when no built-in type fits (composites, ranges of
+// user types, extension types).
+func baseType(oid uint32, types map[uint32]*pgType, depth int) uint32 {
+	if _, ok := change.BuiltinEncoder(oid); ok {
+		return oid
+	}
+	t := types[oid]
+	if t == nil || depth > maxTypeDepth {
+		if oid < firstNormalOID {
+			return oid
+		}
+		return 0
+	}
+	switch {
+	case t.Elem != 0:
+		e := baseType(t.Elem, types, depth+1)
+		switch {
+		case e == 0:
+			return 0
+		case e == t.Elem && oid < firstNormalOID:
+			return oid
+		case types[e] != nil && types[e].Array != 0:
+			return types[e].Array
+		case e == pgtype.TextOID:
+			return pgtype.TextArrayOID // enums: text is not looked up
+		}
+		return 0
+	case t.Kind == 'd':
+		return baseType(t.Base, types, depth+1)
+	case t.Kind == 'e':
+		return pgtype.TextOID
+	case oid < firstNormalOID:
+		return oid
+	}
+	return 0
+}
+
+// resolvedType is what the relation cache needs of a column type.
+type resolvedType struct {
+	enc  change.Encoder
+	base uint32 // for change.Column.Base
+}
+
 // typeResolver gives each column type its encoder. Types change has no
 // encoder for are looked up in the catalog on a regular connection of its
 // own, when a RELATION message arrives, before the row changes that use it.
@@ -180,23 +228,24 @@ type typeResolver struct {
 	timeout time.Duration
 	log     *slog.Logger
 	conn    *pgx.Conn
-	cache   map[uint32]change.Encoder
+	cache   map[uint32]resolvedType
 	warned  map[uint32]bool
 }
 
 func newTypeResolver(url string, timeout time.Duration, log *slog.Logger) *typeResolver {
-	return &typeResolver{url: url, timeout: timeout, log: log, cache: map[uint32]change.Encoder{}, warned: map[uint32]bool{}}
+	return &typeResolver{url: url, timeout: timeout, log: log, cache: map[uint32]resolvedType{}, warned: map[uint32]bool{}}
 }
 
-// encoderFor returns oid's encoder as last resolved, or a string encoder.
-func (tr *typeResolver) encoderFor(oid uint32) change.Encoder {
+// column returns oid's encoder and base type (for change.Column.Base) as
+// last resolved; a type never resolved is a string with no base type.
+func (tr *typeResolver) column(oid uint32) (change.Encoder, uint32) {
 	if enc, ok := change.BuiltinEncoder(oid); ok {
-		return enc
+		return enc, 0
 	}
-	if enc, ok := tr.cache[oid]; ok {
-		return enc
+	if rt, ok := tr.cache[oid]; ok {
+		return rt.enc, rt.base
 	}
-	return change.AppendString
+	return change.AppendString, 0
 }
 
 // prepare resolves the column types of m that need the catalog.
@@ -235,7 +284,11 @@ func (tr *typeResolver) prepare(ctx context.Context, m *pglogrepl.RelationMessag
 			tr.warn(oid, m.Namespace+"."+m.RelationName, fmt.Errorf("type %d, or a type it is made of, is not in the catalog (dropped since?)", oid))
 			continue
 		}
-		tr.cache[oid] = enc
+		base := baseType(oid, types, 0)
+		if base == oid {
+			base = 0
+		}
+		tr.cache[oid] = resolvedType{enc: enc, base: base}
 		delete(tr.warned, oid)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/walhook/walhook/internal/change"
 	"github.com/walhook/walhook/internal/golden"
@@ -88,11 +89,23 @@ func TestTypesGolden(t *testing.T) {
 	h := newTypesHarness(t)
 	h.start()
 	h.exec(typesRow)
-	got := h.nextRow(t, "types")
-	golden.CheckJSON(t, filepath.Join("..", "testdata", "golden", "types.catalog.json"), got, *update)
+	got, rel := h.nextRowRel(t, "types")
+	// Rules read values by the column's base type, as the body does.
+	wantBase := map[string]uint32{
+		"d_int": pgtype.Int4OID, "d_numeric": pgtype.NumericOID, "d_bool": pgtype.BoolOID,
+		"d_jsonb": pgtype.JSONBOID, "d_text": pgtype.TextOID, "d_int_arr": pgtype.Int4ArrayOID,
+		"d_over_arr": pgtype.Int4ArrayOID, "moods": pgtype.TextArrayOID, "mood_grid": pgtype.TextArrayOID,
+		"mood_one": pgtype.TextOID,
+	}
+	for _, c := range rel.Columns {
+		if c.Base != wantBase[c.Name] {
+			t.Errorf("column %s: Base = %d, want %d", c.Name, c.Base, wantBase[c.Name])
+		}
+	}
 	if w := h.logs.String(); strings.Contains(w, "level=WARN") {
 		t.Fatalf("warnings while resolving types:\n%s", w)
 	}
+	golden.CheckJSON(t, filepath.Join("..", "testdata", "golden", "types.catalog.json"), got, *update)
 }
 
 // TestTypesFallBackToStrings: a type that cannot be looked up (here: dropped
@@ -182,6 +195,13 @@ func (h *typesHarness) exec(sql string) {
 // JSON object, each column encoded with the encoder the stream gave it.
 func (h *typesHarness) nextRow(t *testing.T, table string) []byte {
 	t.Helper()
+	b, _ := h.nextRowRel(t, table)
+	return b
+}
+
+// nextRowRel is nextRow also returning the change's relation.
+func (h *typesHarness) nextRowRel(t *testing.T, table string) ([]byte, *change.Relation) {
+	t.Helper()
 	deadline := time.After(30 * time.Second)
 	for {
 		select {
@@ -203,7 +223,7 @@ func (h *typesHarness) nextRow(t *testing.T, table string) []byte {
 			if !json.Valid(b) {
 				t.Fatalf("row is not valid JSON: %s", b)
 			}
-			return b
+			return b, rel
 		case <-deadline:
 			t.Fatalf("no change to %s within 30s; logs:\n%s", table, h.logs.String())
 		}

@@ -60,3 +60,45 @@ func TestBuildEncoder(t *testing.T) {
 		})
 	}
 }
+
+// TestBaseType: the built-in type rules read a column's values as.
+func TestBaseType(t *testing.T) {
+	types := map[uint32]*pgType{
+		pgtype.Int4OID:     {OID: pgtype.Int4OID, Kind: 'b', Delim: ',', Array: pgtype.Int4ArrayOID},
+		pgtype.BoxOID:      {OID: pgtype.BoxOID, Kind: 'b', Delim: ';', Array: pgtype.BoxArrayOID},
+		pgtype.BoxArrayOID: {OID: pgtype.BoxArrayOID, Kind: 'b', Elem: pgtype.BoxOID, Delim: ','},
+		16400:              {OID: 16400, Kind: 'd', Base: pgtype.Int4OID, Delim: ',', Array: 16500},
+		16401:              {OID: 16401, Kind: 'd', Base: 16400, Delim: ',', Array: 16501},
+		16402:              {OID: 16402, Kind: 'b', Elem: 16401, Delim: ','},
+		16403:              {OID: 16403, Kind: 'e', Delim: ',', Array: 16404},
+		16404:              {OID: 16404, Kind: 'b', Elem: 16403, Delim: ','},
+		16405:              {OID: 16405, Kind: 'c', Delim: ',', Fields: []pgField{{"n", 16401}}, Array: 16406},
+		16406:              {OID: 16406, Kind: 'b', Elem: 16405, Delim: ','},
+		16407:              {OID: 16407, Kind: 'd', Base: pgtype.Int4ArrayOID, Elem: pgtype.Int4OID, Delim: ','},
+		16408:              {OID: 16408, Kind: 'b', Delim: ','}, // an extension's base type
+	}
+	tests := []struct {
+		name string
+		oid  uint32
+		want uint32
+	}{
+		{"built in", pgtype.Int4OID, pgtype.Int4OID},
+		{"built-in array of a type without an encoder", pgtype.BoxArrayOID, pgtype.BoxArrayOID},
+		{"domain over domain over int", 16401, pgtype.Int4OID},
+		{"array of domain", 16402, pgtype.Int4ArrayOID},
+		{"enum", 16403, pgtype.TextOID},
+		{"enum array", 16404, pgtype.TextArrayOID},
+		{"composite", 16405, 0},
+		{"array of composites", 16406, 0},
+		{"domain over an array", 16407, pgtype.Int4ArrayOID},
+		{"extension type", 16408, 0},
+		{"missing", 16999, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := baseType(tc.oid, types, 0); got != tc.want {
+				t.Fatalf("baseType(%d) = %d, want %d", tc.oid, got, tc.want)
+			}
+		})
+	}
+}
