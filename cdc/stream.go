@@ -301,6 +301,7 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		if err := decodeRowChange(data[0], data[1:], r.rels, ch); err != nil {
 			return fmt.Errorf("decode change at %s: %w", r.cur.CommitLSN, err)
 		}
+		r.types.refresh(ctx, ch, r.rels)
 		r.seq++
 		r.s.cfg.Observer.Decoded(1)
 		return r.emit(ctx, Message{Kind: KindChange, Txn: r.cur, Change: ch})

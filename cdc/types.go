@@ -207,17 +207,47 @@ func baseType(oid uint32, types map[uint32]*pgType, depth int) uint32 {
 	return 0
 }
 
+// compositeFields returns the number of attributes of oid when it is a
+// composite type, through any domains over it, and 0 otherwise.
+func compositeFields(oid uint32, types map[uint32]*pgType, depth int) int {
+	t := types[oid]
+	switch {
+	case t == nil || depth > maxTypeDepth || t.Elem != 0:
+		return 0
+	case t.Kind == 'd':
+		return compositeFields(t.Base, types, depth+1)
+	case t.Kind == 'c':
+		return len(t.Fields)
+	}
+	return 0
+}
+
 // resolvedType is what the relation cache needs of a column type.
 type resolvedType struct {
-	enc  change.Encoder
-	base uint32 // for change.Column.Base
+	enc    change.Encoder
+	base   uint32 // for change.Column.Base
+	fields int    // compositeFields
 }
+
+// fieldCheck is a composite column of a relation and the number of
+// attributes its type had when looked up.
+type fieldCheck struct {
+	col    int
+	fields int
+}
+
+// refreshBackoff is how long a relation whose values still do not fit its
+// types after a second lookup waits before the next: a backlog written
+// before an ALTER TYPE never fits the type as it is now, and must not cost
+// a catalog query per change.
+const refreshBackoff = 10 * time.Second
 
 // typeResolver gives each column type its encoder. Types change has no
 // encoder for are looked up in the catalog on a regular connection of its
 // own, when a RELATION message arrives, before the row changes that use it.
 // User types are looked up again with every RELATION message that uses them
-// (pgoutput sends one after DDL on the table), so a changed type is seen;
+// (pgoutput sends one after DDL on the table), and when a composite value
+// stops fitting its type (ALTER TYPE sends none), so a changed type is seen;
 // built-in ones once per stream. A lookup that fails leaves the type's values
 // as JSON strings, with one WARN per type, and is retried with the next
 // RELATION message: the stream never fails for it.
@@ -230,10 +260,17 @@ type typeResolver struct {
 	conn    *pgx.Conn
 	cache   map[uint32]resolvedType
 	warned  map[uint32]bool
+	// Per relation ID: the last RELATION message, its composite columns,
+	// and until when a lookup that did not help holds off the next.
+	msgs    map[uint32]*pglogrepl.RelationMessage
+	checks  map[uint32][]fieldCheck
+	backoff map[uint32]time.Time
 }
 
 func newTypeResolver(url string, timeout time.Duration, log *slog.Logger) *typeResolver {
-	return &typeResolver{url: url, timeout: timeout, log: log, cache: map[uint32]resolvedType{}, warned: map[uint32]bool{}}
+	return &typeResolver{url: url, timeout: timeout, log: log,
+		cache: map[uint32]resolvedType{}, warned: map[uint32]bool{},
+		msgs: map[uint32]*pglogrepl.RelationMessage{}, checks: map[uint32][]fieldCheck{}, backoff: map[uint32]time.Time{}}
 }
 
 // column returns oid's encoder and base type (for change.Column.Base) as
@@ -250,6 +287,57 @@ func (tr *typeResolver) column(oid uint32) (change.Encoder, uint32) {
 
 // prepare resolves the column types of m that need the catalog.
 func (tr *typeResolver) prepare(ctx context.Context, m *pglogrepl.RelationMessage) {
+	tr.resolve(ctx, m)
+	tr.msgs[m.RelationID] = m
+	var checks []fieldCheck
+	for i, c := range m.Columns {
+		if n := tr.cache[c.DataType].fields; n > 0 {
+			checks = append(checks, fieldCheck{col: i, fields: n})
+		}
+	}
+	tr.checks[m.RelationID] = checks
+}
+
+// refresh looks ch's relation's types up again when a composite value of ch
+// no longer has the number of attributes its type had: pgoutput sends no
+// RELATION message after ALTER TYPE, so this is how the stream learns of it.
+// ch then gets the relation with the new encoders; rels keeps it for the
+// changes that follow.
+func (tr *typeResolver) refresh(ctx context.Context, ch *change.Change, rels relations) {
+	id := ch.Relation.ID
+	checks := tr.checks[id]
+	if len(checks) == 0 || (fits(checks, ch.New) && fits(checks, ch.Old)) {
+		return
+	}
+	if time.Now().Before(tr.backoff[id]) {
+		return
+	}
+	m := tr.msgs[id]
+	tr.prepare(ctx, m)
+	ch.Relation = rels.apply(m, tr.column)
+	if !fits(tr.checks[id], ch.New) || !fits(tr.checks[id], ch.Old) {
+		tr.backoff[id] = time.Now().Add(refreshBackoff)
+	}
+}
+
+// fits reports whether each composite value of row has as many attributes
+// as its check says. Text that is not a record literal is left to the
+// encoder, which sends it as a string.
+func fits(checks []fieldCheck, row change.Row) bool {
+	for _, c := range checks {
+		if c.col >= len(row) || row[c.col].Kind != change.Text {
+			continue
+		}
+		n := change.RecordFields(row[c.col].Text)
+		if n >= 0 && n != c.fields && !(n == 0 && c.fields == 1) {
+			return false
+		}
+	}
+	return true
+}
+
+// resolve looks up the column types of m that need the catalog.
+func (tr *typeResolver) resolve(ctx context.Context, m *pglogrepl.RelationMessage) {
 	var oids []uint32
 	for _, c := range m.Columns {
 		if _, ok := change.BuiltinEncoder(c.DataType); ok {
@@ -288,7 +376,7 @@ func (tr *typeResolver) prepare(ctx context.Context, m *pglogrepl.RelationMessag
 		if base == oid {
 			base = 0
 		}
-		tr.cache[oid] = resolvedType{enc: enc, base: base}
+		tr.cache[oid] = resolvedType{enc: enc, base: base, fields: compositeFields(oid, types, 0)}
 		delete(tr.warned, oid)
 	}
 }

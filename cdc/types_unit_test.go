@@ -102,3 +102,31 @@ func TestBaseType(t *testing.T) {
 		})
 	}
 }
+
+// TestFits: which rows make the stream look a composite type up again.
+func TestFits(t *testing.T) {
+	checks := []fieldCheck{{col: 1, fields: 2}, {col: 2, fields: 1}}
+	text := func(s string) change.Datum { return change.Datum{Kind: change.Text, Text: []byte(s)} }
+	null := change.Datum{Kind: change.Null}
+	tests := []struct {
+		name string
+		row  change.Row
+		want bool
+	}{
+		{"matching", change.Row{text("1"), text("(1,a)"), text("(x)")}, true},
+		{"nulls and one NULL field", change.Row{text("1"), null, text("()")}, true},
+		{"unchanged", change.Row{text("1"), {Kind: change.Unchanged}, null}, true},
+		{"no row", nil, true},
+		{"malformed is left to the encoder", change.Row{text("1"), text("(1"), null}, true},
+		{"one more field", change.Row{text("1"), text("(1,a,)"), null}, false},
+		{"one fewer field", change.Row{text("1"), text("(1)"), null}, false},
+		{"second check", change.Row{text("1"), text("(1,a)"), text("(x,y)")}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fits(checks, tc.row); got != tc.want {
+				t.Fatalf("fits(%v) = %v, want %v", tc.row, got, tc.want)
+			}
+		})
+	}
+}

@@ -136,3 +136,31 @@ func appendRecordUnescaped(dst, field []byte, enc Encoder) []byte {
 	copy(dst[n:], dst[m:])
 	return dst[:len(dst)-(m-n)]
 }
+
+// RecordFields returns the number of fields in a composite value's text
+// form, or -1 if text is not a well-formed record literal. The stream uses
+// it to notice a composite type altered since it was looked up.
+func RecordFields(text []byte) int {
+	if len(text) < 2 || text[0] != '(' || text[len(text)-1] != ')' {
+		return -1
+	}
+	if len(text) == 2 {
+		// "()" is a record of no fields or of one NULL field; it cannot tell
+		// which, so it fits either.
+		return 0
+	}
+	n := 0
+	for i := 1; ; n++ {
+		j, _ := scanRecordField(text, i)
+		if j < 0 {
+			return -1
+		}
+		if text[j] == ')' {
+			if j != len(text)-1 {
+				return -1
+			}
+			return n + 1
+		}
+		i = j + 1
+	}
+}

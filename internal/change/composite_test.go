@@ -253,3 +253,25 @@ func BenchmarkCompound(b *testing.B) {
 		})
 	}
 }
+
+func TestRecordFields(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+	}{
+		{`()`, 0},
+		{`(1)`, 1},
+		{`(,)`, 2},
+		{`(1,"a,b",)`, 3},
+		{`(1,"(2,3)")`, 2},
+		{`(1,a)b)`, -1},
+		{`(1`, -1},
+		{`1,2`, -1},
+		{``, -1},
+		{`(a\)`, -1},
+	} {
+		if got := RecordFields([]byte(tc.in)); got != tc.want {
+			t.Errorf("RecordFields(%q) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}
