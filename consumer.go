@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/acl"
@@ -32,6 +33,11 @@ type consumer struct {
 	removeOnDelete bool
 	// beforeRoute is a test hook; nil in production.
 	beforeRoute func()
+
+	// skipSubsBefore: subscription changes that committed before it are
+	// already in the index, rebuilt from the table (subs.Rebuild), and must
+	// not be applied again.
+	skipSubsBefore pglogrepl.LSN
 
 	// The open transaction's state: only one is open at a time.
 	txSites []string
@@ -145,7 +151,9 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 	case cdc.KindChange:
 		rel := m.Change.Relation
 		if rel.Schema == "walhook" && rel.Name == "subscriptions" {
-			c.applySubscription(m.Change)
+			if m.Txn.CommitLSN >= c.skipSubsBefore {
+				c.applySubscription(m.Change)
+			}
 			return nil
 		}
 		if c.watched[rel.QualifiedName()] {

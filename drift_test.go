@@ -20,9 +20,12 @@ func TestSubscriptionsOutOfThePublication(t *testing.T) {
 	old := e.Subscribe("customer.created", "/old")
 	svc := e.start()
 	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })
+	// In one transaction, so that no check of the publication comes between.
+	e.Exec(`BEGIN`)
 	e.Exec(`ALTER PUBLICATION walhook DROP TABLE walhook.subscriptions`)
 	e.Exec(`SELECT walhook.unsubscribe($1)`, old)
 	e.Subscribe("customer.created", "/new")
+	e.Exec(`COMMIT`)
 	e2e.WaitFor(t, 30*time.Second, "the publication to cover walhook.subscriptions again", func() bool {
 		return e.Count(`SELECT count(*) FROM pg_publication_tables WHERE pubname = 'walhook' AND tablename = 'subscriptions'`) == 1
 	})

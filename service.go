@@ -365,7 +365,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 		return err
 	}
 	if s.rebuildIndex.Load() {
-		n, err := subs.Rebuild(hard, db, slot.ConfirmedFlush)
+		n, _, err := subs.Rebuild(hard, db, slot.ConfirmedFlush)
 		if err != nil {
 			return err
 		}
@@ -374,6 +374,10 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 			"subscriptions", n, "lsn", slot.ConfirmedFlush.String())
 	}
 	idx, err := subs.Load(hard, db, slot.ConfirmedFlush)
+	if err != nil {
+		return err
+	}
+	rebuiltAt, err := subs.RebuiltAt(hard, db)
 	if err != nil {
 		return err
 	}
@@ -421,6 +425,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 		return err
 	}
 	con := s.newConsumer(db, idx, worker, relIDs)
+	con.skipSubsBefore = rebuiltAt
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 
 	var samplers conc.WaitGroup
