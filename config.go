@@ -60,6 +60,13 @@ type Config struct {
 	// pipeline starts again after a failure (a panic, a lost connection).
 	MinRestartBackoff time.Duration
 	MaxRestartBackoff time.Duration
+	// Reload, when set, loads the config again after `walhook install` ran
+	// with another config while this process runs (the stream announces
+	// every install): the pipeline restarts with what it returns, if that is
+	// what was installed. Without it, such an install stops Run with a
+	// message saying to restart with the new config. cmd/walhook reads the
+	// --config file again.
+	Reload func() (*mapping.Config, error)
 	// DriftInterval is how often the leader checks that the publication
 	// still covers what the config needs, healing it if not
 	// (DefaultDriftInterval).

@@ -34,6 +34,10 @@ type consumer struct {
 	// beforeRoute is a test hook; nil in production.
 	beforeRoute func()
 
+	// digest is the running config's: an install of another one ends the
+	// pipeline (errReinstalled).
+	digest string
+
 	// skipSubsBefore: subscription changes that committed before it are
 	// already in the index, rebuilt from the table (subs.Rebuild), and must
 	// not be applied again.
@@ -71,6 +75,7 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, 
 		log:            log,
 		removeOnDelete: oc != nil && oc.RemoveOnDelete,
 		beforeRoute:    s.hooks.route,
+		digest:         s.digest,
 	}
 }
 
@@ -148,6 +153,12 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 	switch m.Kind {
 	case cdc.KindSite:
 		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
+	case cdc.KindInstall:
+		if m.Site != c.digest {
+			// Not sealed: the install's transaction is replayed to the next
+			// pipeline, which runs the installed config or stops.
+			return errReinstalled
+		}
 	case cdc.KindChange:
 		rel := m.Change.Relation
 		if rel.Schema == "walhook" && rel.Name == "subscriptions" {

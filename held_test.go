@@ -159,7 +159,7 @@ func TestDiscardHeld(t *testing.T) {
 		if st, err = Status(context.Background(), e.Conn, e.Slot); err != nil {
 			t.Fatal(err)
 		}
-		return len(st.Processes) == 1 && st.Processes[0].Role == RoleLeader
+		return len(st.Processes) == 1 && st.Processes[0].Role == RoleLeader && st.Processes[0].Streaming
 	})
 	if st.Held["rule"] != 1 || st.Processes[0].Slot != e.Slot || !st.Processes[0].Streaming {
 		t.Fatalf("Status() held %v processes %+v, want 1 rule hold and the streaming leader", st.Held, st.Processes)

@@ -2,6 +2,8 @@ package walhook
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -75,7 +77,7 @@ func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping
 	rep, err := schema.Install(ctx, conn, schema.Options{
 		Events:   events,
 		Dialects: slices.Sorted(maps.Keys(cfg.Dialects)),
-		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP)},
+		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP), "config_digest": configDigest(cfg, mapper)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("install schema: %w", err)
@@ -115,7 +117,34 @@ func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping
 			changes = append(changes, fmt.Sprintf("recorded %d existing subscription(s) for the new slot", n))
 		}
 	}
+	if len(changes) > 0 {
+		// A running process learns of the install from the stream, in
+		// commit order, and reloads or stops (see Config.Reload).
+		if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, cdc.InstallPrefix, configDigest(cfg, mapper)); err != nil {
+			return nil, fmt.Errorf("announce the install: %w", err)
+		}
+	}
 	return changes, nil
+}
+
+// configDigest sums what an install puts in the database from a config:
+// events, tables, owners, dialects and static subscriptions. Two configs
+// with the same digest need no reinstall between them.
+func configDigest(cfg *mapping.Config, mapper *mapping.Mapper) string {
+	h := sha256.New()
+	for _, e := range mapper.Events() {
+		fmt.Fprintf(h, "event %s %s %s %v\n", e.Name, e.Table, e.Op, e.Derived)
+	}
+	if o := cfg.Owners; o != nil {
+		fmt.Fprintf(h, "owners %q %q\n", o.Query, o.Watch)
+	}
+	for _, d := range slices.Sorted(maps.Keys(cfg.Dialects)) {
+		fmt.Fprintf(h, "dialect %s\n", d)
+	}
+	for _, st := range cfg.Subscriptions {
+		fmt.Fprintf(h, "static %+v\n", *st)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // ensureIdentity sets REPLICA IDENTITY FULL on the tables whose deletes and

@@ -58,6 +58,9 @@ type Service struct {
 	stopH   sync.Once
 	done    chan struct{} // closed when Run returns
 
+	// digest is configDigest of the running config.
+	digest string
+
 	// rebuildIndex is set when walhook.subscriptions was out of the
 	// publication: the next pipeline rebuilds the index from the table.
 	rebuildIndex atomic.Bool
@@ -107,7 +110,61 @@ func New(cfg Config, logger *slog.Logger) (*Service, error) {
 		done:     make(chan struct{}),
 	}
 	s.metrics.SetState(s.state.leading)
+	s.digest = configDigest(cfg.Mapping, mapper)
 	return s, nil
+}
+
+// errReinstalled ends a pipeline when the stream announces an install of
+// another config than the one running; the next pipeline follows it.
+var errReinstalled = errors.New("walhook was installed with another config while this process runs")
+
+// ConfigChangedError stops Run: walhook was installed with another config
+// and this process cannot follow (no Config.Reload, or it returned another
+// config still).
+type ConfigChangedError struct{ Reason string }
+
+func (e *ConfigChangedError) Error() string {
+	return "walhook was installed with another config than this process runs: " + e.Reason
+}
+
+// installedDigest reads the digest of the config walhook was last
+// installed with; "" when the installation predates it.
+func installedDigest(ctx context.Context, db *pgxpool.Pool) (string, error) {
+	var d string
+	err := db.QueryRow(ctx, `SELECT value FROM walhook.settings WHERE key = 'config_digest'`).Scan(&d)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the installed config's digest: %w", err)
+	}
+	return d, nil
+}
+
+// reload takes the config Config.Reload returns, if it is the one
+// installed (want), for the next pipeline.
+func (s *Service) reload(ctx context.Context, want string) error {
+	if s.cfg.Reload == nil {
+		return &ConfigChangedError{Reason: "restart walhook run with the config that was installed"}
+	}
+	cfg, err := s.cfg.Reload()
+	if err != nil {
+		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
+	}
+	mapper, err := mapping.New(cfg)
+	if err != nil {
+		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
+	}
+	rules, err := acl.Compile(cfg)
+	if err != nil {
+		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
+	}
+	if d := configDigest(cfg, mapper); d != want {
+		return &ConfigChangedError{Reason: "the config file is not the one installed either: run walhook install with the config to run, then restart walhook run"}
+	}
+	s.cfg.Mapping, s.mapper, s.rules, s.dialects, s.digest = cfg, mapper, rules, deliver.Dialects(cfg, Version), want
+	s.log.Info("reloaded the config after walhook install changed it", "tables", len(cfg.Tables))
+	return nil
 }
 
 // Run runs the service until Stop or StopAndCancel is called, or ctx ends
@@ -271,6 +328,12 @@ func (s *Service) supervise(soft, hard context.Context) error {
 		if errors.Is(err, errIndexStale) {
 			s.rebuildIndex.Store(true)
 		}
+		if errors.Is(err, errReinstalled) {
+			// Announced by the stream: the next pipeline reloads (or
+			// stops) when it reads what was installed.
+			s.log.Info("walhook install ran with another config; restarting the pipeline to follow it")
+			continue
+		}
 		if !retryable(err) && !errors.Is(err, errLostLeadership) {
 			return err
 		}
@@ -322,7 +385,8 @@ func retryable(err error) bool {
 		return true
 	}
 	var dropped *PublicationDroppedError
-	if errors.Is(err, cdc.ErrSlotMissing) || errors.As(err, &dropped) {
+	var changed *ConfigChangedError
+	if errors.Is(err, cdc.ErrSlotMissing) || errors.As(err, &dropped) || errors.As(err, &changed) {
 		return false
 	}
 	var pgErr *pgconn.PgError
@@ -358,6 +422,13 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	}
 	if slot.Active {
 		return &cdc.SlotActiveError{Slot: s.cfg.Slot, Err: fmt.Errorf("active for PID %d", slot.ActivePID)}
+	}
+	if want, err := installedDigest(hard, db); err != nil {
+		return err
+	} else if want != "" && want != s.digest {
+		if err := s.reload(hard, want); err != nil {
+			return err
+		}
 	}
 	if err := s.checkDrift(hard, db); errors.Is(err, errIndexStale) {
 		s.rebuildIndex.Store(true)

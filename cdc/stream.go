@@ -30,6 +30,11 @@ const (
 // SitePrefix is the logical message prefix walhook.set_site() emits.
 const SitePrefix = "walhook.site"
 
+// InstallPrefix is the logical message prefix `walhook install` emits, in
+// its transaction, with the digest of the config it installed: a running
+// process learns of the install in commit order.
+const InstallPrefix = "walhook.install"
+
 // sessionSettings make the text the server sends for each type one fixed,
 // lossless form, whatever the database's defaults: ISO dates in UTC, floats
 // with round-trip precision, bytea as hex.
@@ -70,6 +75,9 @@ const (
 	KindChange Kind = iota + 1
 	KindSite
 	KindCommit
+	// KindInstall is an install of walhook, with the digest of its config
+	// in Site.
+	KindInstall
 )
 
 // Message is what the stream hands its consumer.
@@ -362,6 +370,9 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 	case *pglogrepl.LogicalDecodingMessage:
 		if m.Prefix == SitePrefix && m.Transactional && r.cur != nil {
 			return r.emit(ctx, Message{Kind: KindSite, Txn: r.cur, Site: string(m.Content)})
+		}
+		if m.Prefix == InstallPrefix && m.Transactional && r.cur != nil {
+			return r.emit(ctx, Message{Kind: KindInstall, Txn: r.cur, Site: string(m.Content)})
 		}
 	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage, *pglogrepl.TruncateMessage:
 		// Types: a TYPE message names a type but not what it is made of, so
