@@ -154,7 +154,16 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 	case cdc.KindSite:
 		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
 	case cdc.KindInstall:
-		if m.Site != c.digest {
+		if m.Site == c.digest {
+			return nil
+		}
+		// A replay may bring an older install's announcement: what counts
+		// is the config installed now.
+		installed, err := installedDigest(ctx, c.db)
+		if err != nil {
+			return err
+		}
+		if installed != "" && installed != c.digest {
 			// Not sealed: the install's transaction is replayed to the next
 			// pipeline, which runs the installed config or stops.
 			return errReinstalled
