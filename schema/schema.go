@@ -75,9 +75,15 @@ type Report struct {
 	Changes []string
 }
 
+// Beginner is a *pgx.Conn, or a pgx.Tx within which Install's transaction
+// is a savepoint (so a caller can roll the whole install back).
+type Beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
 // Install applies pending migrations and synchronises events, dialects and
 // settings, all in one transaction under the install lock.
-func Install(ctx context.Context, conn *pgx.Conn, opts Options) (*Report, error) {
+func Install(ctx context.Context, conn Beginner, opts Options) (*Report, error) {
 	migs, err := Migrations()
 	if err != nil {
 		return nil, err

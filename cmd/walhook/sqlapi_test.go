@@ -24,7 +24,7 @@ func TestCheckCommand(t *testing.T) {
 		exitCode int
 	}{
 		{name: "valid", config: string(demo.Config), withDB: true, wantOut: "ok: 2 table(s)"},
-		{name: "warns of a missing replica identity", config: string(demo.Config), withDB: true, wantOut: "public.orders lacks REPLICA IDENTITY FULL, but its rules read the row"},
+		{name: "warns of a missing replica identity", config: string(demo.Config), withDB: true, wantOut: "public.orders lacks REPLICA IDENTITY FULL, but its rules read old.status (updates carry the old row only under FULL)"},
 		{name: "unknown key", config: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    colour: red\n", wantErr: `walhook.yaml:5: tables[0].colour: unknown key`, exitCode: 1},
 		{name: "unknown column with database", config: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    columns: {exclude: [nope]}\n", withDB: true, wantErr: `walhook.yaml:5: tables[0].columns.exclude`, exitCode: 1},
 		{name: "unknown table with database", config: "tables:\n  - table: public.ordres\n    noun: order\n    acl: 'true'\n", withDB: true, wantErr: `walhook.yaml:2: tables[0].table`, exitCode: 1},
@@ -35,7 +35,7 @@ func TestCheckCommand(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.config), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			args := []string{"check", "--config", path}
+			args := []string{"check", "--config", path, "--slot", e.Slot}
 			if tc.withDB {
 				args = append(args, "--database-url", e.DSN)
 			}
