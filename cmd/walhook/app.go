@@ -26,6 +26,10 @@ func exitCode(err error) int {
 	if errors.As(err, &ue) || errors.Is(err, pflag.ErrHelp) {
 		return 2
 	}
+	var se statusError
+	if errors.As(err, &se) {
+		return se.code
+	}
 	return 1
 }
 
