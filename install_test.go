@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/demo"
 	"github.com/walhook/walhook/internal/e2e"
 	"github.com/walhook/walhook/internal/pglocal"
@@ -99,13 +100,11 @@ func TestInstallOnReplicaWALLevelChangesNothing(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("Install(DryRun: %v) = %v, want an error containing %q", dryRun, err, want)
 		}
-		if st := readInstallState(t, conn, cdcDefaultSlot); !st.untouched() {
+		if st := readInstallState(t, conn, cdc.DefaultSlot); !st.untouched() {
 			t.Fatalf("after the refused install: %+v, want no schema, publication or slot and every identity d", st)
 		}
 	}
 }
-
-const cdcDefaultSlot = "walhook"
 
 // TestInstallRefusesAnotherDatabasesSlot installs in a second database of
 // the same cluster with the first one's slot name.
@@ -202,5 +201,67 @@ func TestInstallDryRunThenInstallThenUninstall(t *testing.T) {
 	st = readInstallState(t, e.Conn, e.Slot)
 	if st.schema || st.publication || st.slot || st.identity["public.orders"] != "d" || st.identity["public.customers"] != "n" {
 		t.Fatalf("after uninstall: %+v, want nothing installed, orders DEFAULT again, customers as set by hand", st)
+	}
+}
+
+// TestLostSlot loses the slot (max_slot_wal_keep_size passed while nothing
+// reads it): Status reports slot_lost, and Check refuses it with the fix.
+func TestLostSlot(t *testing.T) {
+	t.Parallel()
+	if os.Getenv(pglocal.EnvDatabaseURL) != "" {
+		t.Skipf("%s names an external server, whose settings this test cannot change", pglocal.EnvDatabaseURL)
+	}
+	ctx := context.Background()
+	srv, err := pglocal.Start(ctx, pglocal.Options{ExtraConf: map[string]string{"max_slot_wal_keep_size": "1MB"}, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("start a server: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	dsn, err := srv.CreateDatabase(ctx, "lost_slot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.WithoutCancel(ctx)) })
+	if _, err := conn.Exec(ctx, demo.Schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Install(ctx, conn, demoConfig(t), InstallOptions{}); err != nil {
+		t.Fatalf("Install() = %v", err)
+	}
+	// Each round writes, moves to a new WAL segment and checkpoints; a
+	// checkpoint removes the segments past max_slot_wal_keep_size and marks
+	// the slot lost.
+	walStatus := ""
+	for round := 0; round < 20 && walStatus != "lost"; round++ {
+		if _, err := conn.Exec(ctx, `INSERT INTO public.audit_log (note) VALUES ('x'); SELECT pg_switch_wal(); CHECKPOINT`); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1`, cdc.DefaultSlot).Scan(&walStatus); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if walStatus != "lost" {
+		t.Fatalf("wal_status after 20 segments = %q, want lost", walStatus)
+	}
+
+	st, err := Status(ctx, conn, cdc.DefaultSlot)
+	if err != nil {
+		t.Fatalf("Status() = %v", err)
+	}
+	if len(st.Problems) == 0 || st.Problems[0] != ProblemSlotLost {
+		t.Fatalf("Status().Problems = %q, want slot_lost first", st.Problems)
+	}
+	_, err = Check(ctx, conn, demoConfig(t), CheckOptions{})
+	want := `replication slot "walhook" is lost (wal_status = lost)`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Check() = %v, want an error containing %q", err, want)
 	}
 }
