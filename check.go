@@ -370,12 +370,30 @@ func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rul
 		all   bool
 		line  int
 		why   func(cols []string, all bool) string
+		// none: needed when the table has no replica identity at all.
+		none bool
 	}
 	refs, err := acl.References(cfg)
 	if err != nil {
 		return nil, err
 	}
+	// A published table without a replica identity (NOTHING, or DEFAULT
+	// without a primary key) makes PostgreSQL refuse its UPDATEs and
+	// DELETEs: adding it to the publication would break the application.
 	var wants []want
+	published := func(table string, line int) {
+		wants = append(wants, want{table: table, line: line, none: true, why: func([]string, bool) string {
+			return "it has no replica identity (NOTHING, or DEFAULT without a primary key), and once published PostgreSQL would refuse its UPDATEs and DELETEs"
+		}})
+	}
+	for _, t := range cfg.Tables {
+		published(t.Table, t.Line)
+	}
+	if o := cfg.Owners; o != nil {
+		for _, w := range o.Watch {
+			published(w, o.Line)
+		}
+	}
 	for _, t := range cfg.Tables {
 		cols, all := rules.OldColumns(t.Table)
 		// An update carries its old row only under FULL (DEFAULT sends the
@@ -387,7 +405,7 @@ func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rul
 				old = append(old, r.Name)
 			}
 		}
-		wants = append(wants, want{t.Table, cols, all || len(old) > 0, t.Line, func(missing []string, all bool) string {
+		wants = append(wants, want{table: t.Table, cols: cols, all: all || len(old) > 0, line: t.Line, why: func(missing []string, all bool) string {
 			switch {
 			case len(old) > 0:
 				return "its rules read old." + strings.Join(old, ", old.") + " (updates carry the old row only under FULL)"
@@ -397,21 +415,21 @@ func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rul
 			return "its rules read " + strings.Join(missing, ", ") + " of deleted rows"
 		}})
 		if t.Site != "" {
-			wants = append(wants, want{t.Table, []string{t.Site}, false, t.Line, func([]string, bool) string {
+			wants = append(wants, want{table: t.Table, cols: []string{t.Site}, line: t.Line, why: func([]string, bool) string {
 				return "deletes must carry the site column " + t.Site
 			}})
 		}
 	}
 	if o := cfg.Owners; o != nil && o.RemoveOnDelete != nil {
 		r := o.RemoveOnDelete
-		wants = append(wants, want{r.Table, []string{r.Column}, false, r.Line, func([]string, bool) string {
+		wants = append(wants, want{table: r.Table, cols: []string{r.Column}, line: r.Line, why: func([]string, bool) string {
 			return "owners.remove_on_delete reads " + r.Column + " of deleted rows"
 		}})
 	}
 	var out []identityNeed
 	seen := map[string]bool{}
 	for _, w := range wants {
-		if seen[w.table] || (!w.all && len(w.cols) == 0) {
+		if seen[w.table] || (!w.none && !w.all && len(w.cols) == 0) {
 			continue
 		}
 		var ident, index string
@@ -436,7 +454,7 @@ func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rul
 				missing = append(missing, c)
 			}
 		}
-		if !w.all && len(missing) == 0 {
+		if w.none && len(idCols) > 0 || !w.none && !w.all && len(missing) == 0 {
 			continue
 		}
 		seen[w.table] = true

@@ -265,3 +265,29 @@ func TestLostSlot(t *testing.T) {
 		t.Fatalf("Check() = %v, want an error containing %q", err, want)
 	}
 }
+
+// TestInstallGivesTablesWithoutIdentityOne maps a table without a primary
+// key (key: [id]): published as it is, PostgreSQL would refuse its UPDATEs
+// and DELETEs, so install sets REPLICA IDENTITY FULL and says why.
+func TestInstallGivesTablesWithoutIdentityOne(t *testing.T) {
+	t.Parallel()
+	cfg := strings.Replace(string(demo.Config), "delivery:", `  - table: public.notes
+    noun: note
+    key: [id]
+    acl: 'true'
+
+delivery:`, 1)
+	e := &env{Env: e2e.NewEnv(t, cfg, `CREATE TABLE public.notes (id bigint NOT NULL, body text)`)}
+	lines := strings.Join(e.install(), "\n")
+	want := "set REPLICA IDENTITY FULL on public.notes (was DEFAULT; walhook uninstall restores it): it has no replica identity (NOTHING, or DEFAULT without a primary key), and once published PostgreSQL would refuse its UPDATEs and DELETEs"
+	if !strings.Contains(lines, want) {
+		t.Fatalf("install lines:\n%s\nwant %q", lines, want)
+	}
+	var ident string
+	if err := e.Conn.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'public.notes'::regclass`).Scan(&ident); err != nil || ident != "f" {
+		t.Fatalf("replica identity of public.notes after install = %q, %v; want f", ident, err)
+	}
+	e.Exec(`INSERT INTO public.notes VALUES (1, 'a')`)
+	e.Exec(`UPDATE public.notes SET body = 'b' WHERE id = 1`)
+	e.Exec(`DELETE FROM public.notes WHERE id = 1`)
+}
