@@ -36,10 +36,10 @@ func exitCode(err error) int {
 const usage = `walhook turns committed PostgreSQL row changes into webhooks.
 
 Usage:
-  walhook install   --database-url URL --config walhook.yaml
+  walhook install   --database-url URL --config walhook.yaml [--dry-run]
   walhook run       --database-url URL --config walhook.yaml
   walhook check     --config walhook.yaml [--database-url URL]
-  walhook status    --database-url URL
+  walhook status    --database-url URL [--json]   (exits 3, 4 or 5 on a problem)
   walhook uninstall --database-url URL [--drop-schema]
   walhook demo      [--keep]
   walhook bench     [--database-url URL] [--rows N] [--rss-rows N] [--json]
