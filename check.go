@@ -419,6 +419,13 @@ func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rul
 				return "deletes must carry the site column " + t.Site
 			}})
 		}
+		// A key other than the primary key identifies deleted rows only if
+		// the identity carries it.
+		if len(t.Key) > 0 && mapsDeletes(t) {
+			wants = append(wants, want{table: t.Table, cols: t.Key, line: t.Line, why: func(missing []string, _ bool) string {
+				return "deletes must carry its key (" + strings.Join(missing, ", ") + ") for receivers to tell which row went"
+			}})
+		}
 	}
 	if o := cfg.Owners; o != nil && o.RemoveOnDelete != nil {
 		r := o.RemoveOnDelete
@@ -461,4 +468,16 @@ func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rul
 		out = append(out, identityNeed{table: w.table, why: w.why(missing, w.all), line: w.line, original: ident, index: index})
 	}
 	return out, nil
+}
+
+// mapsDeletes reports whether t produces an event for deletes.
+func mapsDeletes(t *mapping.TableConfig) bool {
+	verbs := t.Verbs
+	if verbs == nil {
+		verbs = mapping.DefaultVerbs()
+	}
+	if verbs["delete"] != "" {
+		return true
+	}
+	return slices.ContainsFunc(t.Events, func(e *mapping.DerivedEvent) bool { return e != nil && e.On == "delete" })
 }

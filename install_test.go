@@ -268,20 +268,40 @@ func TestLostSlot(t *testing.T) {
 
 // TestInstallGivesTablesWithoutIdentityOne maps a table without a primary
 // key (key: [id]): published as it is, PostgreSQL would refuse its UPDATEs
-// and DELETEs, so install sets REPLICA IDENTITY FULL and says why.
+// and DELETEs, so install sets REPLICA IDENTITY FULL and says why. A table
+// keyed by another column than its primary key gets FULL for its deletes to
+// carry the key; one whose deletes produce nothing does not.
 func TestInstallGivesTablesWithoutIdentityOne(t *testing.T) {
 	t.Parallel()
 	cfg := strings.Replace(string(demo.Config), "delivery:", `  - table: public.notes
     noun: note
     key: [id]
     acl: 'true'
+  - table: public.tags
+    noun: tag
+    key: [code]
+    acl: 'true'
+  - table: public.labels
+    noun: label
+    key: [code]
+    verbs: {insert: created}
+    acl: 'true'
 
 delivery:`, 1)
-	e := &env{Env: e2e.NewEnv(t, cfg, `CREATE TABLE public.notes (id bigint NOT NULL, body text)`)}
+	e := &env{Env: e2e.NewEnv(t, cfg, `CREATE TABLE public.notes (id bigint NOT NULL, body text);
+		CREATE TABLE public.tags (id bigint PRIMARY KEY, code text NOT NULL UNIQUE);
+		CREATE TABLE public.labels (id bigint PRIMARY KEY, code text NOT NULL UNIQUE)`)}
 	lines := strings.Join(e.install(), "\n")
-	want := "set REPLICA IDENTITY FULL on public.notes (was DEFAULT; walhook uninstall restores it): it has no replica identity (NOTHING, or DEFAULT without a primary key), and once published PostgreSQL would refuse its UPDATEs and DELETEs"
-	if !strings.Contains(lines, want) {
-		t.Fatalf("install lines:\n%s\nwant %q", lines, want)
+	for _, want := range []string{
+		"set REPLICA IDENTITY FULL on public.notes (was DEFAULT; walhook uninstall restores it): it has no replica identity (NOTHING, or DEFAULT without a primary key), and once published PostgreSQL would refuse its UPDATEs and DELETEs",
+		"set REPLICA IDENTITY FULL on public.tags (was DEFAULT; walhook uninstall restores it): deletes must carry its key (code) for receivers to tell which row went",
+	} {
+		if !strings.Contains(lines, want) {
+			t.Fatalf("install lines:\n%s\nwant %q", lines, want)
+		}
+	}
+	if strings.Contains(lines, "FULL on public.labels") {
+		t.Fatalf("install lines:\n%s\nwant nothing about public.labels, which maps no deletes", lines)
 	}
 	var ident string
 	if err := e.Conn.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'public.notes'::regclass`).Scan(&ident); err != nil || ident != "f" {
