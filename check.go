@@ -359,10 +359,14 @@ func (n identityNeed) warning(file string) string {
 
 // identityNeeds lists the tables whose replica identity does not carry the
 // old columns walhook reads: the columns the table's rules read through row
-// or old (a delete is judged on the old row), its site column (a delete is
-// delivered where the row was) and owners.remove_on_delete's column. A
-// column of the replica identity (the primary key under DEFAULT) is always
-// sent, so reading only those needs nothing.
+// (a delete is judged on the old row), any old.x (an update carries its old
+// row only under FULL), its site column (a delete is delivered where the
+// row was), its key when that is not the primary key and deletes produce
+// events, and owners.remove_on_delete's column. A column of the replica
+// identity (the primary key under DEFAULT) is always sent, so reading only
+// those needs nothing. A mapped or watched table with no identity at all
+// is listed too: once published, PostgreSQL refuses its UPDATEs and
+// DELETEs.
 func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rules *acl.Rules) ([]identityNeed, error) {
 	type want struct {
 		table string
