@@ -28,6 +28,9 @@ type consumer struct {
 	idx     *subs.Index
 	db      *pgxpool.Pool
 	log     *slog.Logger
+	// state is the owners' attributes as of the stream's position; nil
+	// without an owners block (or an installation older than it).
+	state *ownerState
 	// removeOnDelete, when set, removes an owner's subscriptions when its
 	// row is deleted from that table (owners.remove_on_delete).
 	removeOnDelete *mapping.RemoveOnDelete
@@ -37,6 +40,9 @@ type consumer struct {
 	// digest is the running config's: an install of another one ends the
 	// pipeline (errReinstalled).
 	digest string
+
+	// releaseAfterCommit: the open transaction called release_held().
+	releaseAfterCommit bool
 
 	// skipSubsBefore: subscription changes that committed before it are
 	// already in the index, rebuilt from the table (subs.Rebuild), and must
@@ -48,7 +54,7 @@ type consumer struct {
 	entries []subs.Entry
 }
 
-func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, relIDs map[uint32]string) *consumer {
+func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, relIDs map[uint32]string, state *ownerState) *consumer {
 	watched := map[string]bool{}
 	oc := s.cfg.Mapping.Owners
 	var removeOn *mapping.RemoveOnDelete
@@ -60,7 +66,14 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, 
 	}
 	owners := acl.NewOwners(ownerLoader{db: db, cfg: oc, m: s.metrics}, 0)
 	log := s.log.With("component", "pipeline")
-	r := newRouter(s.mapper, s.rules, idx, owners, out, pgStore{db}, s.dialects, log, s.metrics)
+	var src ownerSource = owners
+	if state != nil {
+		// Owners as of each change, from the stream; the live cache only
+		// for an owner the state does not know.
+		state.fallback, state.log = owners, log
+		src = state
+	}
+	r := newRouter(s.mapper, s.rules, idx, src, out, pgStore{db}, s.dialects, log, s.metrics)
 	r.holder = pgHolder{db}
 	for id, name := range relIDs {
 		if t := s.mapper.Table(name); t != nil {
@@ -76,22 +89,24 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, 
 		db:             db,
 		log:            log,
 		removeOnDelete: removeOn,
+		state:          state,
 		beforeRoute:    s.hooks.route,
 		digest:         s.digest,
 	}
 }
 
-// releaseEvery is how often the consumer looks for held deliveries whose
-// release was asked for.
-const releaseEvery = time.Second
+// releaseAfter is how soon after its start the consumer judges again the
+// held deliveries the start asked to release.
+const releaseAfter = time.Second
 
 // run consumes until stop ends; deliveries use work, which outlives stop so
-// that they can finish during a drain. Between transactions it judges again
-// the held deliveries whose release was asked for: on this goroutine, so
-// that they see the subscription index as it stands.
+// that they can finish during a drain. It judges held deliveries again on
+// this goroutine, so that they see the subscription index and the owners as
+// they stand: once soon after the start (which may run a fixed config), and
+// after each commit of walhook.release_held(), which the stream announces.
 func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) error {
 	inTx := false
-	tick := time.NewTicker(releaseEvery)
+	tick := time.NewTicker(releaseAfter)
 	defer tick.Stop()
 	for {
 		select {
@@ -106,19 +121,28 @@ func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) erro
 			if inTx {
 				continue
 			}
-			for {
-				n, err := c.releaseHeld(work)
-				if err != nil {
-					if transient(err) {
-						return err
-					}
-					c.log.Warn("judge held deliveries again; trying later", "err", err)
-					break
-				}
-				if n < releaseBatch || stop.Err() != nil {
-					break
-				}
+			tick.Stop()
+			if err := c.releaseAll(work); err != nil {
+				return err
 			}
+		}
+	}
+}
+
+// releaseAll judges again every held delivery whose release was asked for,
+// a batch at a time. Only a database that went away is an error.
+func (c *consumer) releaseAll(ctx context.Context) error {
+	for {
+		n, err := c.releaseHeld(ctx)
+		if err != nil {
+			if transient(err) {
+				return err
+			}
+			c.log.Warn("judge held deliveries again; trying later", "err", err)
+			return nil
+		}
+		if n < releaseBatch || ctx.Err() != nil {
+			return nil
 		}
 	}
 }
@@ -155,6 +179,8 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 	switch m.Kind {
 	case cdc.KindSite:
 		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
+	case cdc.KindRelease:
+		c.releaseAfterCommit = true
 	case cdc.KindInstall:
 		if m.Site == c.digest {
 			return nil
@@ -172,6 +198,12 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		}
 	case cdc.KindChange:
 		rel := m.Change.Relation
+		if rel.Schema == "walhook" && rel.Name == "owner_state" {
+			if c.state == nil {
+				return nil
+			}
+			return c.state.apply(m.Change)
+		}
 		if rel.Schema == "walhook" && rel.Name == "subscriptions" {
 			if m.Txn.CommitLSN >= c.skipSubsBefore {
 				c.applySubscription(m.Change)
@@ -193,6 +225,11 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		}
 		return c.router.route(ctx, m.Txn, m.Change, c.txSites)
 	case cdc.KindCommit:
+		if c.state != nil {
+			if err := c.state.writeLog(ctx, c.db, m.Txn.EndLSN); err != nil {
+				return err
+			}
+		}
 		if len(c.entries) > 0 {
 			if err := subs.WriteLog(ctx, c.db, m.Txn.EndLSN, c.entries); err != nil {
 				return err
@@ -202,6 +239,12 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		}
 		c.txSites = c.txSites[:0]
 		m.Txn.Seal()
+		if c.releaseAfterCommit {
+			// walhook.release_held() committed: judge again now, with the
+			// owners it refreshed applied.
+			c.releaseAfterCommit = false
+			return c.releaseAll(ctx)
+		}
 	}
 	return nil
 }

@@ -30,11 +30,7 @@ var errIndexStale = errors.New("walhook.subscriptions was out of the publication
 
 // publicationTables are the tables the publication must cover.
 func (s *Service) publicationTables() []string {
-	tables := append(s.mapper.Tables(), cdc.SubscriptionsTable)
-	if o := s.cfg.Mapping.Owners; o != nil {
-		tables = append(tables, o.Watch...)
-	}
-	return slices.Compact(slices.Sorted(slices.Values(tables)))
+	return publicationTables(s.cfg.Mapping, s.mapper)
 }
 
 // drift compares the publication with what the config needs. It returns

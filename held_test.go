@@ -118,9 +118,12 @@ func TestExcludedColumnRenamedHolds(t *testing.T) {
 }
 
 // TestFailingOwnersQueryHoldsOnlyWhatNeedsOwners: a renamed column of the
-// owners table makes owners.query fail. The deliveries that need owners are
-// held — no crash loop — while a table with acl "true" flows on;
-// walhook.release_held() sends the held ones once the query works again.
+// owners table makes owners.query fail when the owners' attributes are next
+// refreshed (a write to the watched table). The application's write still
+// succeeds; walhook no longer knows those owners' attributes, so the
+// deliveries that need them are held — no crash loop — while a table with
+// acl "true" flows on. walhook.release_held() refreshes the owners once the
+// query works again and sends the held ones.
 func TestFailingOwnersQueryHoldsOnlyWhatNeedsOwners(t *testing.T) {
 	t.Parallel()
 	cfg := replace(t, string(demo.Config), "columns: {include: [id, tenant_id, tenant_path, name, email, created_at]}\n    acl: row.tenant_id in owner.tenants || owner.admin",
@@ -131,6 +134,8 @@ func TestFailingOwnersQueryHoldsOnlyWhatNeedsOwners(t *testing.T) {
 	svc := e.start()
 	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })
 	e.Exec(`ALTER TABLE app.users RENAME COLUMN tenant_ids TO tenants_renamed`)
+	// The application's own write succeeds, though walhook's query fails.
+	e.Exec(`UPDATE app.users SET name = 'Bob' WHERE id = 2`)
 	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES (1, 7, 10)`)
 	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'flows')`)
 	e.Recv.Wait(t, "/customers", 1)

@@ -110,6 +110,9 @@ func Install(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts Inst
 		if err != nil {
 			return nil, err
 		}
+		if err := snapshotOwners(ctx, conn, lsn); err != nil {
+			return nil, err
+		}
 		if n > 0 {
 			changes = append(changes, fmt.Sprintf("recorded %d existing subscription(s) for the new slot", n))
 		}
@@ -156,7 +159,8 @@ func install(ctx context.Context, tx pgx.Tx, c InstallOptions, cfg *mapping.Conf
 	rep, err := schema.Install(ctx, tx, schema.Options{
 		Events:   events,
 		Dialects: slices.Sorted(maps.Keys(cfg.Dialects)),
-		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP), "config_digest": configDigest(cfg, mapper)},
+		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP), "config_digest": configDigest(cfg, mapper),
+			"owners_query": ownersQuery(cfg)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("install schema: %w", err)
@@ -167,22 +171,128 @@ func install(ctx context.Context, tx pgx.Tx, c InstallOptions, cfg *mapping.Conf
 		return nil, fmt.Errorf("reconcile static subscriptions: %w", err)
 	}
 	changes = append(changes, sc...)
-	tables := append(mapper.Tables(), cdc.SubscriptionsTable)
-	if cfg.Owners != nil {
-		tables = append(tables, cfg.Owners.Watch...)
-	}
-	tables = slices.Compact(slices.Sorted(slices.Values(tables)))
-	pc, err := cdc.EnsurePublication(ctx, tx, c.Publication, tables)
+	pc, err := cdc.EnsurePublication(ctx, tx, c.Publication, publicationTables(cfg, mapper))
 	if err != nil {
 		return nil, err
 	}
 	changes = append(changes, pc...)
+	oc, err := ensureOwnerTriggers(ctx, tx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, oc...)
 	ic, err := ensureIdentity(ctx, tx, needs)
 	if err != nil {
 		return nil, err
 	}
 	return append(changes, ic...), nil
 }
+
+// publicationTables are the tables the publication covers: the mapped
+// tables, walhook.subscriptions, and with an owners block the watched
+// tables and walhook.owner_state.
+func publicationTables(cfg *mapping.Config, mapper *mapping.Mapper) []string {
+	tables := append(mapper.Tables(), cdc.SubscriptionsTable)
+	if cfg.Owners != nil {
+		tables = append(tables, cfg.Owners.Watch...)
+		tables = append(tables, ownerStateTable)
+	}
+	return slices.Compact(slices.Sorted(slices.Values(tables)))
+}
+
+// ownersQuery is the owners.query the owner triggers run; "" for none.
+func ownersQuery(cfg *mapping.Config) string {
+	if cfg.Owners == nil {
+		return ""
+	}
+	return cfg.Owners.Query
+}
+
+// ownerTriggerPrefix names the triggers install puts on watched tables.
+const ownerTriggerPrefix = "walhook_owners_"
+
+// ensureOwnerTriggers puts on each owners.watch table the statement
+// triggers that write the affected owners' attributes to
+// walhook.owner_state in the writer's transaction, removes them from tables
+// no longer watched, and records the attributes of every subscribed owner
+// that has none yet.
+func ensureOwnerTriggers(ctx context.Context, tx pgx.Tx, cfg *mapping.Config) ([]string, error) {
+	var changes []string
+	rows, err := tx.Query(ctx, `SELECT DISTINCT n.nspname || '.' || c.relname, t.tgname, encode(t.tgargs, 'escape')
+		FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE t.tgname LIKE $1 || '%' AND NOT t.tgisinternal`, ownerTriggerPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("read owner triggers: %w", err)
+	}
+	type trig struct{ table, name, args string }
+	var have []trig
+	var tr trig
+	if _, err := pgx.ForEachRow(rows, []any{&tr.table, &tr.name, &tr.args}, func() error {
+		have = append(have, tr)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read owner triggers: %w", err)
+	}
+	var watch []string
+	keys := map[string]string{}
+	if o := cfg.Owners; o != nil {
+		watch, keys = o.Watch, o.Keys
+	}
+	for _, t := range have {
+		key, watched := keys[t.table], slices.Contains(watch, t.table)
+		if watched && strings.TrimSuffix(t.args, "\\000") == key {
+			continue
+		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf("DROP TRIGGER %s ON %s", pgx.Identifier{t.name}.Sanitize(), quoteTable(t.table))); err != nil {
+			return nil, fmt.Errorf("drop trigger %s on %s: %w", t.name, t.table, err)
+		}
+		if !watched {
+			changes = append(changes, fmt.Sprintf("removed trigger %s from %s: it is no longer in owners.watch", t.name, t.table))
+		}
+	}
+	for _, table := range watch {
+		key := keys[table]
+		for _, ev := range []struct{ name, on, ref string }{
+			{"ins", "INSERT", "REFERENCING NEW TABLE AS new_rows"},
+			{"upd", "UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"},
+			{"del", "DELETE", "REFERENCING OLD TABLE AS old_rows"},
+		} {
+			name := ownerTriggerPrefix + ev.name
+			if slices.ContainsFunc(have, func(t trig) bool {
+				return t.table == table && t.name == name && strings.TrimSuffix(t.args, "\\000") == key
+			}) {
+				continue
+			}
+			if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TRIGGER %s AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION walhook._owners_changed(%s)",
+				pgx.Identifier{name}.Sanitize(), ev.on, quoteTable(table), ev.ref, quoteLiteral(key))); err != nil {
+				return nil, fmt.Errorf("create owner trigger on %s: %w", table, err)
+			}
+			if ev.name == "ins" {
+				what := "every subscribed owner"
+				if key != "" {
+					what = "the owners in column " + key
+				}
+				changes = append(changes, fmt.Sprintf("added triggers on %s: its changes record the attributes of %s in walhook.owner_state", table, what))
+			}
+		}
+	}
+	if cfg.Owners != nil {
+		var n int
+		// Owners without a state, and those whose last refresh failed (a
+		// fixed owners.query takes effect here).
+		if err := tx.QueryRow(ctx, `SELECT walhook._refresh_owners(array_agg(DISTINCT s.owner))
+			FROM walhook.subscriptions s WHERE NOT EXISTS (SELECT 1 FROM walhook.owner_state o WHERE o.owner = s.owner AND o.error IS NULL)`).Scan(&n); err != nil {
+			return nil, fmt.Errorf("record the attributes of subscribed owners: %w", err)
+		}
+		if n > 0 {
+			changes = append(changes, fmt.Sprintf("recorded the attributes of %d subscribed owner(s) in walhook.owner_state", n))
+		}
+	}
+	return changes, nil
+}
+
+// quoteLiteral quotes s as an SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // identitySetting is the walhook.settings key under which install records a
 // table's replica identity before it set FULL, for uninstall to restore.

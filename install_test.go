@@ -141,7 +141,7 @@ func TestInstallDryRunThenInstallThenUninstall(t *testing.T) {
 	opts := InstallOptions{Slot: e.Slot, AllowHTTP: true}
 	wantLines := []string{
 		"applied migration 0001_init.sql",
-		"created publication walhook for app.users, public.customers, public.orders, walhook.subscriptions",
+		"created publication walhook for app.users, public.customers, public.orders, walhook.owner_state, walhook.subscriptions",
 		"set REPLICA IDENTITY FULL on public.orders (was DEFAULT; walhook uninstall restores it): its rules read old.status",
 		"set REPLICA IDENTITY FULL on public.customers (was DEFAULT; walhook uninstall restores it): its rules read tenant_id of deleted rows",
 		"created replication slot " + e.Slot,

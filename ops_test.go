@@ -55,7 +55,6 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"walhook_events_produced_total", 2},
 		{"walhook_delivery_latency_seconds_count", 3},
 		{"walhook_acl_denials_total", 1},
-		{"walhook_owners_loaded_total", 2},
 		{"walhook_leader", 1},
 		{"walhook_streaming", 1},
 		{`walhook_build_info{version="` + Version + `"}`, 1},

@@ -518,7 +518,13 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	if err != nil {
 		return err
 	}
-	con := s.newConsumer(db, idx, worker, relIDs)
+	var state *ownerState
+	if s.cfg.Mapping.Owners != nil {
+		if state, err = loadOwnerState(hard, db, slot.ConfirmedFlush, nil, log); err != nil {
+			return err
+		}
+	}
+	con := s.newConsumer(db, idx, worker, relIDs, state)
 	con.skipSubsBefore = rebuiltAt
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 

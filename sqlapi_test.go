@@ -101,7 +101,7 @@ func TestInstallIsIdempotentAndFollowsConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	changes := strings.Join(e.install(), "\n")
-	for _, want := range []string{"removed event customer.created", "removed event customer.updated", "publication walhook now covers app.users, public.orders, walhook.subscriptions"} {
+	for _, want := range []string{"removed event customer.created", "removed event customer.updated", "publication walhook now covers app.users, public.orders, walhook.owner_state, walhook.subscriptions"} {
 		if !strings.Contains(changes, want) {
 			t.Fatalf("install changes:\n%s\nwant a line with %q", changes, want)
 		}

@@ -35,6 +35,10 @@ const SitePrefix = "walhook.site"
 // process learns of the install in commit order.
 const InstallPrefix = "walhook.install"
 
+// ReleasePrefix is the logical message prefix walhook.release_held() emits,
+// after the owner attributes it refreshed.
+const ReleasePrefix = "walhook.release"
+
 // sessionSettings make the text the server sends for each type one fixed,
 // lossless form, whatever the database's defaults: ISO dates in UTC, floats
 // with round-trip precision, bytea as hex.
@@ -78,6 +82,8 @@ const (
 	// KindInstall is an install of walhook, with the digest of its config
 	// in Site.
 	KindInstall
+	// KindRelease is a call of walhook.release_held().
+	KindRelease
 )
 
 // Message is what the stream hands its consumer.
@@ -373,6 +379,9 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		}
 		if m.Prefix == InstallPrefix && m.Transactional && r.cur != nil {
 			return r.emit(ctx, Message{Kind: KindInstall, Txn: r.cur, Site: string(m.Content)})
+		}
+		if m.Prefix == ReleasePrefix && m.Transactional && r.cur != nil {
+			return r.emit(ctx, Message{Kind: KindRelease, Txn: r.cur})
 		}
 	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage, *pglogrepl.TruncateMessage:
 		// Types: a TYPE message names a type but not what it is made of, so

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -56,6 +57,11 @@ type Owners struct {
 	Query string
 	// Watch lists schema-qualified tables whose changes refresh cached owners.
 	Watch []string
+	// Keys names, per watched table, the column holding the owner id of a
+	// row (`keys: {app.users: id, app.memberships: user_id}`): a change to
+	// that table refreshes the attributes of those owners only. A watched
+	// table without a key refreshes every subscribed owner.
+	Keys map[string]string
 	// RemoveOnDelete, when set, removes an owner's subscriptions when a row
 	// is deleted from its Table: the row's Column holds the owner id.
 	RemoveOnDelete *RemoveOnDelete
@@ -301,7 +307,8 @@ func (p *parser) owners(k, v *yaml.Node) *Owners {
 		return o
 	}
 	sawQuery := false
-	p.fields(v, "owners", []string{"query", "watch", "remove_on_delete"}, func(key string, k, v *yaml.Node) {
+	var keyLines map[string]int
+	p.fields(v, "owners", []string{"query", "watch", "keys", "remove_on_delete"}, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "query":
 			sawQuery = true
@@ -322,10 +329,24 @@ func (p *parser) owners(k, v *yaml.Node) *Owners {
 					p.add(lines[i], index("owners.watch", i), fmt.Sprintf("%q is not schema-qualified (want schema.table)", t))
 				}
 			}
+		case "keys":
+			o.Keys, keyLines = map[string]string{}, map[string]int{}
+			p.entries(v, "owners.keys", func(table string, k, v *yaml.Node) {
+				o.Keys[table], _ = p.str(v, "owners.keys."+table)
+				keyLines[table] = k.Line
+				if o.Keys[table] == "" {
+					p.add(k.Line, "owners.keys."+table, "empty (want the column holding the owner id, e.g. id)")
+				}
+			})
 		case "remove_on_delete":
 			o.RemoveOnDelete = p.removeOnDelete(k, v)
 		}
 	})
+	for _, t := range slices.Sorted(maps.Keys(o.Keys)) {
+		if !slices.Contains(o.Watch, t) {
+			p.add(keyLines[t], "owners.keys."+t, fmt.Sprintf("%s is not in owners.watch", t))
+		}
+	}
 	if !sawQuery && v.Kind == yaml.MappingNode {
 		p.add(v.Line, "owners.query", "required when owners is set: SQL taking the owner ids as $1")
 	}
