@@ -16,6 +16,12 @@
 // the standby interval: when the consumer is slow it keeps sending status
 // updates while it waits, so the server does not time the connection out.
 //
+// A slot the server invalidated (wal_status lost, or an invalidation_reason
+// on 17+) is never streamed from, retried or silently replaced: Slot,
+// EnsureSlot and Stream.Run return *SlotLostError, which names the range that
+// may have been missed and the recovery (RecreateSlot, then a backfill).
+// EnsureSlot creates failover slots where the server has them (17+).
+//
 // The stream never starts from IDENTIFY_SYSTEM's position: it starts from the
 // slot's confirmed_flush_lsn, which the server applies on its own.
 package cdc

@@ -23,6 +23,8 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var c common
 	fs := newFlags("install", stderr, &c, "database-url", "config", "slot", "publication", "allow-http", "log-format")
 	runRole := fs.String("run-role", "", "grant this role what walhook run needs (it must also have REPLICATION)")
+	recreateSlot := fs.Bool("recreate-slot", false, "drop the replication slot, even one PostgreSQL invalidated, and create it anew "+
+		"at the current position; changes committed in between are not streamed, so backfill them")
 	if err := fs.parse(args, true); err != nil {
 		return err
 	}
@@ -38,9 +40,31 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := checkCatalog(ctx, conn, cfg); err != nil {
 		return err
 	}
-	changes, err := install(ctx, conn, c, cfg, mapper)
-	if err != nil {
-		return err
+	var changes []string
+	if *recreateSlot {
+		// Before install, whose EnsureSlot refuses a lost slot; the snapshot
+		// that a new slot needs follows once the schema is in place.
+		line, _, lsn, err := cdc.RecreateSlot(ctx, conn, c.Slot)
+		if err != nil {
+			return err
+		}
+		changes = append(changes, line)
+		ic, err := install(ctx, conn, c, cfg, mapper)
+		if err != nil {
+			return err
+		}
+		changes = append(changes, ic...)
+		if n, err := subs.Snapshot(ctx, conn, lsn); err != nil {
+			return err
+		} else if n > 0 {
+			changes = append(changes, fmt.Sprintf("recorded %d existing subscription(s) for the new slot", n))
+		}
+	} else {
+		ic, err := install(ctx, conn, c, cfg, mapper)
+		if err != nil {
+			return err
+		}
+		changes = append(changes, ic...)
 	}
 	if *runRole != "" {
 		gc, err := grantRunRole(ctx, conn, *runRole, cfg)
@@ -94,8 +118,8 @@ func install(ctx context.Context, conn *pgx.Conn, c common, cfg *mapping.Config,
 	if err != nil {
 		return nil, err
 	}
-	if created {
-		changes = append(changes, fmt.Sprintf("created replication slot %s at %s", c.Slot, lsn))
+	if created != "" {
+		changes = append(changes, created)
 		n, err := subs.Snapshot(ctx, conn, lsn)
 		if err != nil {
 			return nil, err

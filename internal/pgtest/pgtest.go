@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/walhook/walhook/internal/pglocal"
 )
 
@@ -70,6 +72,17 @@ func NewDatabase(tb testing.TB) string {
 		}
 	})
 	return dsn
+}
+
+// Connect opens a connection to dsn that is closed when the test ends.
+func Connect(tb testing.TB, dsn string) *pgx.Conn {
+	tb.Helper()
+	conn, err := pgx.Connect(tb.Context(), dsn)
+	if err != nil {
+		tb.Fatalf("connect: %v", err)
+	}
+	tb.Cleanup(func() { conn.Close(context.WithoutCancel(tb.Context())) })
+	return conn
 }
 
 // dbSeq tells apart databases of one test that calls NewDatabase twice.
