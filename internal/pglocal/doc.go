@@ -76,6 +76,10 @@
 // slots, terminating any WAL sender that holds one, because a slot in use
 // blocks DROP DATABASE.
 //
+// StartStandby makes a streaming standby of a server started from binaries
+// by a cold copy of its cleanly stopped data directory (the npm bundles have
+// no pg_basebackup), for failover tests.
+//
 // Shared and StopShared keep one server per process; internal/pgtest turns
 // them into test helpers (one server per test binary, one fresh database per
 // test). This package imports no testing code.

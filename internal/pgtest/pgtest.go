@@ -85,5 +85,31 @@ func Connect(tb testing.TB, dsn string) *pgx.Conn {
 	return conn
 }
 
+// WaitFor polls cond every 20ms until it holds, failing the test after
+// timeout with what it waited for and cond's last error. (internal/pglocal's
+// tests keep a copy: importing this package there would be a cycle.)
+func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var lastErr error
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		lastErr = err
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s (last error: %v)", timeout, what, lastErr)
+		}
+		select {
+		case <-tb.Context().Done():
+			tb.Fatalf("test ended while waiting for %s", what)
+		case <-tick.C:
+		}
+	}
+}
+
 // dbSeq tells apart databases of one test that calls NewDatabase twice.
 var dbSeq atomic.Uint64
