@@ -3,15 +3,18 @@ package cdc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/sourcegraph/conc"
 
 	"github.com/walhook/walhook/internal/pglocal"
@@ -88,7 +91,8 @@ func streamInto(t *testing.T, dsn string, c *collector) (stop func() error) {
 // TestFailover: walhook streams from a primary while a writer commits rows;
 // the primary crashes and its streaming standby is promoted. On 17+ the
 // slot, created for failover and synchronised to the standby, survives, and
-// streaming resumes on the promoted standby: every row the standby has
+// streaming resumes on the promoted standby, reached through a multi-host
+// URL with target_session_attrs=read-write: every row the standby has
 // reaches the consumer (duplicates are allowed and reported). Before 17 the
 // slot does not survive, and walhook finds it missing, loudly.
 func TestFailover(t *testing.T) {
@@ -220,7 +224,9 @@ func TestFailover(t *testing.T) {
 	}
 	c.mu.Unlock()
 
-	stop = streamInto(t, sdsn, c)
+	// walhook's URL names both servers and asks for the writable one, as in
+	// production: the dead primary is skipped, the promoted standby taken.
+	stop = streamInto(t, multiHost(t, dsn, sdsn), c)
 	rows, err := sconn.Query(ctx, "SELECT id FROM t ORDER BY id")
 	if err != nil {
 		t.Fatal(err)
@@ -270,4 +276,19 @@ func seq(from, to int) []int {
 		s = append(s, i)
 	}
 	return s
+}
+
+// multiHost returns a URL naming the servers of dsns, in order, for database
+// "failover", with target_session_attrs=read-write.
+func multiHost(t *testing.T, dsns ...string) string {
+	t.Helper()
+	var hosts []string
+	for _, dsn := range dsns {
+		cfg, err := pgconn.ParseConfig(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
+	}
+	return "postgres://postgres@" + strings.Join(hosts, ",") + "/failover?sslmode=disable&target_session_attrs=read-write"
 }
