@@ -103,6 +103,12 @@ func TestFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { primary.Stop() })
+	if primary.InContainer() {
+		// Not a missing PostgreSQL: the standby is a cold copy of the
+		// primary's data directory, which a container does not expose.
+		// .ci/run's version matrix runs this test on binaries.
+		t.Skip("the failover test needs server binaries; the Docker path cannot make a standby")
+	}
 	failover := primary.Version() >= failoverVersion
 	dsn, err := primary.CreateDatabase(ctx, "failover")
 	if err != nil {

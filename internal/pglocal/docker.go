@@ -47,6 +47,11 @@ type dockerServer struct {
 	image string
 }
 
+// InContainer says whether the server runs in a container (the Docker
+// path), where what needs its data directory, such as StartStandby, is not
+// available.
+func (s *Server) InContainer() bool { return s.docker != nil }
+
 // dockerPool returns a client of the Docker daemon that DOCKER_HOST (or the
 // default socket) names, when it answers within dockerPingTimeout.
 func dockerPool(ctx context.Context) (*dockertest.Pool, error) {
