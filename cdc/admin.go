@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -245,6 +246,10 @@ func Slot(ctx context.Context, conn *pgx.Conn, name string) (SlotInfo, error) {
 // failoverVersion is the first server_version_num with failover slots.
 const failoverVersion = 170000
 
+// alterSlotTimeout bounds enabling failover on an existing slot, which waits
+// while another process holds the slot.
+const alterSlotTimeout = 5 * time.Second
+
 // EnsureSlot creates the logical slot with pgoutput unless it exists, with
 // failover enabled where the server has it (17+), so that a standby with
 // sync_replication_slots=on keeps a copy that survives a promotion. It
@@ -257,7 +262,11 @@ func EnsureSlot(ctx context.Context, conn *pgx.Conn, name string) (string, pglog
 		if si.Plugin != "pgoutput" {
 			return "", 0, fmt.Errorf("slot %q uses plugin %q, want pgoutput: drop it or choose another --slot", name, si.Plugin)
 		}
-		return "", si.ConfirmedFlush, nil
+		if si.Failover || si.Synced {
+			return "", si.ConfirmedFlush, nil
+		}
+		line, err := enableFailover(ctx, conn, si)
+		return line, si.ConfirmedFlush, err
 	}
 	var lost *SlotLostError
 	if errors.As(err, &lost) || !errors.Is(err, ErrSlotMissing) {
@@ -295,6 +304,56 @@ func createSlot(ctx context.Context, conn *pgx.Conn, name string) (string, pglog
 		line += fmt.Sprintf(" without failover (PostgreSQL %d has none: after a promotion the slot is gone)", version/10000)
 	}
 	return line, l, nil
+}
+
+// enableFailover turns failover on for a slot created without it (by an
+// older walhook, or before an upgrade to 17), on servers that have it. The
+// SQL function cannot; the replication command ALTER_REPLICATION_SLOT can,
+// on a replication connection of its own, and only while no one streams
+// from the slot: then the returned line says to run install again later.
+func enableFailover(ctx context.Context, conn *pgx.Conn, si SlotInfo) (string, error) {
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return "", fmt.Errorf("slot %q: read server version: %w", si.Name, err)
+	}
+	if version < failoverVersion {
+		return "", nil
+	}
+	inUse := fmt.Sprintf("replication slot %s has no failover and is in use, so it was left as it is: "+
+		"run walhook install again while walhook is stopped to enable failover", si.Name)
+	// ALTER_REPLICATION_SLOT waits for a slot in use to be released rather
+	// than failing, hence the check first and the bound below for a slot
+	// taken in between.
+	if si.Active {
+		return inUse, nil
+	}
+	pc := conn.Config().Config.Copy()
+	pc.RuntimeParams["replication"] = "database"
+	rc, err := pgconn.ConnectConfig(ctx, pc)
+	if err != nil {
+		return "", fmt.Errorf("slot %q: open replication connection to enable failover: %w", si.Name, err)
+	}
+	defer rc.Close(context.WithoutCancel(ctx))
+	actx, cancel := context.WithTimeout(ctx, alterSlotTimeout)
+	defer cancel()
+	_, err = rc.Exec(actx, "ALTER_REPLICATION_SLOT "+pgx.Identifier{si.Name}.Sanitize()+" ( FAILOVER true )").ReadAll()
+	if errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		// Cancel explicitly rather than rely on the hang-up: a walsender
+		// that went on waiting would take the slot the moment its holder
+		// lets go.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), alterSlotTimeout)
+		_ = rc.CancelRequest(cctx)
+		ccancel()
+		return inUse, nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+		return inUse, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("slot %q: enable failover: %w", si.Name, err)
+	}
+	return fmt.Sprintf("enabled failover on replication slot %s (standbys with sync_replication_slots = on keep it across a promotion)", si.Name), nil
 }
 
 // RecreateSlot drops the slot, lost or not, and creates it again as

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/sourcegraph/conc"
 
 	"github.com/walhook/walhook/internal/pglocal"
 	"github.com/walhook/walhook/internal/pgtest"
@@ -59,6 +60,63 @@ func TestEnsureSlotFailover(t *testing.T) {
 	if err != nil || line != "" || again != lsn {
 		t.Errorf("second EnsureSlot() = %q, %s, %v; want \"\", %s, nil", line, again, err, lsn)
 	}
+
+	// A slot made without failover (an older walhook, or before an upgrade
+	// to 17) gets it from the next install where the server has it.
+	exec(t, conn, "SELECT pg_create_logical_replication_slot('old_slot', 'pgoutput')")
+	line, _, err = EnsureSlot(t.Context(), conn, "old_slot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = ""
+	if wantFailover {
+		want = "enabled failover on replication slot old_slot"
+	}
+	if !strings.HasPrefix(line, want) || (want == "" && line != "") {
+		t.Errorf("EnsureSlot() on a slot without failover = %q, want %q (PostgreSQL %d)", line, want, srv.Version())
+	}
+	if si, err := Slot(t.Context(), conn, "old_slot"); err != nil || si.Failover != wantFailover {
+		t.Errorf("Slot() = %+v, %v; want failover %v", si, err, wantFailover)
+	}
+	if !wantFailover {
+		return
+	}
+
+	// While walhook streams from it the slot cannot be altered: install
+	// says so and changes nothing.
+	exec(t, conn, "SELECT pg_create_logical_replication_slot('busy_slot', 'pgoutput')")
+	exec(t, conn, "CREATE PUBLICATION p FOR ALL TABLES")
+	st, err := New(Config{DatabaseURL: conn.Config().ConnString(), Slot: "busy_slot", Publication: "p"},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg conc.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { st.Run(ctx, make(chan Message, 16)) })
+	pgtest.WaitFor(t, 30*time.Second, "the stream to hold busy_slot", func() (bool, error) {
+		si, err := Slot(t.Context(), conn, "busy_slot")
+		return si.Active, err
+	})
+	line, _, err = EnsureSlot(t.Context(), conn, "busy_slot")
+	if err != nil || !strings.Contains(line, "in use") {
+		t.Errorf("EnsureSlot() on a busy slot without failover = %q, %v; want a line saying it is in use", line, err)
+	}
+	// Taken between the read and the ALTER: the server waits for the slot,
+	// enableFailover gives up after alterSlotTimeout.
+	line, err = enableFailover(t.Context(), conn, SlotInfo{Name: "busy_slot"})
+	if err != nil || !strings.Contains(line, "in use") {
+		t.Errorf("enableFailover() on a slot taken meanwhile = %q, %v; want a line saying it is in use", line, err)
+	}
+	// ...and cancelled the command, so no walsender waits to take the slot.
+	pgtest.WaitFor(t, 10*time.Second, "the waiting ALTER_REPLICATION_SLOT to be cancelled", func() (bool, error) {
+		var n int
+		err := conn.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE backend_type = 'walsender' AND query LIKE 'ALTER_REPLICATION_SLOT%' AND state = 'active'`).Scan(&n)
+		return n == 0, err
+	})
 }
 
 func TestParseSlotRow(t *testing.T) {
