@@ -196,6 +196,9 @@ func TestFailover(t *testing.T) {
 			return ok, err
 		})
 		t.Logf("the standby's copy of the slot reached it after %s", time.Since(begin).Round(time.Millisecond))
+		if report, err := FailoverReport(ctx, mon, "walhook"); err != nil || len(report) != 0 {
+			t.Errorf("FailoverReport() on a primary ready for failover = %q, %v; want nothing to report", report, err)
+		}
 	}
 
 	// The primary dies (pg_ctl stop -m immediate); the standby is promoted.

@@ -56,6 +56,25 @@ func TestEnsureSlotFailover(t *testing.T) {
 		t.Errorf("fresh slot reads as lost: %+v", si)
 	}
 
+	report, err := FailoverReport(t.Context(), conn, "walhook")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantReport := []string{"has no failover slots"}
+	if wantFailover {
+		// A lone server: everything about standbys is missing.
+		wantReport = []string{"synchronized_standby_slots is empty", "no standby uses a physical slot"}
+	}
+	if got := strings.Join(report, "\n"); len(report) != len(wantReport) {
+		t.Errorf("FailoverReport() =\n%s\nwant %d lines: %q", got, len(wantReport), wantReport)
+	} else {
+		for i, want := range wantReport {
+			if !strings.Contains(report[i], want) {
+				t.Errorf("FailoverReport() line %d = %q, want it to say %q", i, report[i], want)
+			}
+		}
+	}
+
 	line, again, err := EnsureSlot(t.Context(), conn, "walhook")
 	if err != nil || line != "" || again != lsn {
 		t.Errorf("second EnsureSlot() = %q, %s, %v; want \"\", %s, nil", line, again, err, lsn)
