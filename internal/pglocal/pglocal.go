@@ -117,8 +117,8 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		if perr == nil {
 			return startDocker(ctx, pool, image, extra, logf)
 		}
-		err = fmt.Errorf("%w\nno Docker daemon answers either (%v), so %s could not be started with %s=1 (%s picks another image)",
-			err, perr, image, EnvDocker, EnvImage)
+		err = fmt.Errorf("%w\nnor does a Docker daemon answer (%v) to run %s in (%s picks another image)",
+			err, perr, image, EnvImage)
 	}
 	if err != nil {
 		return nil, err
