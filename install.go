@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/cdc"
@@ -35,6 +36,10 @@ type InstallOptions struct {
 	RunRole string
 	// DryRun reports what Install would change and changes nothing.
 	DryRun bool
+	// RecreateSlot drops the slot, even one PostgreSQL invalidated, and
+	// creates it anew at the current position; what was committed in between
+	// is not streamed (backfill it).
+	RecreateSlot bool
 }
 
 // Install brings the database in line with cfg: schema walhook and its
@@ -100,12 +105,24 @@ func Install(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts Inst
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("commit install: %w", err)
 	}
-	created, lsn, err := cdc.EnsureSlot(ctx, conn, opts.Slot)
+	var line string
+	var lsn pglogrepl.LSN
+	created := opts.RecreateSlot
+	if opts.RecreateSlot {
+		line, _, lsn, err = cdc.RecreateSlot(ctx, conn, opts.Slot)
+	} else {
+		_, serr := cdc.Slot(ctx, conn, opts.Slot)
+		var lost *cdc.SlotLostError
+		created = errors.Is(serr, cdc.ErrSlotMissing) && !errors.As(serr, &lost)
+		line, lsn, err = cdc.EnsureSlot(ctx, conn, opts.Slot)
+	}
 	if err != nil {
 		return nil, err
 	}
+	if line != "" {
+		changes = append(changes, line)
+	}
 	if created {
-		changes = append(changes, fmt.Sprintf("created replication slot %s at %s", opts.Slot, lsn))
 		n, err := subs.Snapshot(ctx, conn, lsn)
 		if err != nil {
 			return nil, err

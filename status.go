@@ -146,7 +146,14 @@ func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, er
 	}
 
 	si, err := cdc.Slot(ctx, conn, slot)
+	var lost *cdc.SlotLostError
 	switch {
+	case errors.As(err, &lost):
+		// Shown with what was lost and how to recover; the slot's figures
+		// no longer mean anything.
+		st.SlotError = err.Error()
+		st.Problems = append(st.Problems, ProblemSlotLost)
+		st.Slot = &SlotStatus{Name: slot, WALStatus: "lost", ConfirmedLSN: lost.ConfirmedLSN.String()}
 	case errors.Is(err, cdc.ErrSlotMissing):
 		st.SlotError = err.Error()
 		st.Problems = append(st.Problems, ProblemSlotMissing)

@@ -22,6 +22,12 @@
 // bounded by half the standby interval, and one that fails leaves the values
 // as strings with a warning: it never stops the stream (types.go).
 //
+// A slot the server invalidated (wal_status lost, or an invalidation_reason
+// on 17+) is never streamed from, retried or silently replaced: Slot,
+// EnsureSlot and Stream.Run return *SlotLostError, which names the range that
+// may have been missed and the recovery (RecreateSlot, then a backfill).
+// EnsureSlot creates failover slots where the server has them (17+).
+//
 // The stream never starts from IDENTIFY_SYSTEM's position: it starts from the
 // slot's confirmed_flush_lsn, which the server applies on its own.
 package cdc

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -190,6 +192,13 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
 			return &SlotActiveError{Slot: s.cfg.Slot, Err: err}
 		}
+		// 55000 object_not_in_prerequisite_state is how the server refuses
+		// an invalidated slot (among other things): ask the slot itself.
+		if errors.As(err, &pgErr) && pgErr.Code == "55000" {
+			if lost := s.lostSlot(ctx); lost != nil {
+				return lost
+			}
+		}
 		return fmt.Errorf("start replication on slot %q: %w", s.cfg.Slot, err)
 	}
 	s.log.Info("streaming", "lsn", s.cfg.Start.String(), "publication", s.cfg.Publication)
@@ -202,6 +211,34 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 	_ = r.sendStatus(sctx)
 	cancel()
 	return err
+}
+
+// lostSlot reads the slot and returns a *SlotLostError when it was
+// invalidated, else nil. It uses a connection of its own: the failed
+// START_REPLICATION leaves the first one's protocol state unclear. That one
+// is a replication connection too (walsenders in database mode take simple
+// SQL queries), so the stream needs no other kind of URL.
+func (s *Stream) lostSlot(ctx context.Context) error {
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return nil
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	lit := "'" + strings.ReplaceAll(s.cfg.Slot, "'", "''") + "'"
+	res, err := conn.Exec(ctx, slotQuery+lit).ReadAll()
+	if err != nil || len(res) != 1 || res[0].Err != nil || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 2 {
+		return nil
+	}
+	row := res[0].Rows[0]
+	retained, _ := strconv.ParseInt(string(row[1]), 10, 64)
+	si, err := parseSlotRow(row[0], retained)
+	if err != nil {
+		return nil
+	}
+	if reason, lost := si.Lost(); lost {
+		return &SlotLostError{Slot: s.cfg.Slot, Reason: reason, ConfirmedLSN: si.ConfirmedFlush}
+	}
+	return nil
 }
 
 type reader struct {

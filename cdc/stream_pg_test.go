@@ -60,8 +60,8 @@ func newSlotDB(tb testing.TB) *slotDB {
 		tb.Fatalf("EnsurePublication() = %v", err)
 	}
 	created, start, err := EnsureSlot(ctx, conn, name)
-	if err != nil || !created {
-		tb.Fatalf("EnsureSlot() = %v, %s, %v; want a new slot", created, start, err)
+	if err != nil || created == "" {
+		tb.Fatalf("EnsureSlot() = %q, %s, %v; want a new slot", created, start, err)
 	}
 	return &slotDB{dsn: dsn, slot: name, pub: name, start: start, conn: conn}
 }

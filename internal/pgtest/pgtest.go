@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/walhook/walhook/internal/pglocal"
 )
 
@@ -70,6 +72,43 @@ func NewDatabase(tb testing.TB) string {
 		}
 	})
 	return dsn
+}
+
+// Connect opens a connection to dsn that is closed when the test ends.
+func Connect(tb testing.TB, dsn string) *pgx.Conn {
+	tb.Helper()
+	conn, err := pgx.Connect(tb.Context(), dsn)
+	if err != nil {
+		tb.Fatalf("connect: %v", err)
+	}
+	tb.Cleanup(func() { conn.Close(context.WithoutCancel(tb.Context())) })
+	return conn
+}
+
+// WaitFor polls cond every 20ms until it holds, failing the test after
+// timeout with what it waited for and cond's last error. (internal/pglocal's
+// tests keep a copy: importing this package there would be a cycle.)
+func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var lastErr error
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		lastErr = err
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s (last error: %v)", timeout, what, lastErr)
+		}
+		select {
+		case <-tb.Context().Done():
+			tb.Fatalf("test ended while waiting for %s", what)
+		case <-tick.C:
+		}
+	}
 }
 
 // dbSeq tells apart databases of one test that calls NewDatabase twice.

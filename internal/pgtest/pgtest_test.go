@@ -1,7 +1,6 @@
 package pgtest
 
 import (
-	"context"
 	"strings"
 	"testing"
 
@@ -9,16 +8,6 @@ import (
 )
 
 func TestMain(m *testing.M) { Main(m) }
-
-func connect(t *testing.T, dsn string) *pgx.Conn {
-	t.Helper()
-	conn, err := pgx.Connect(t.Context(), dsn)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { conn.Close(context.WithoutCancel(t.Context())) })
-	return conn
-}
 
 func queryString(t *testing.T, conn *pgx.Conn, sql string, args ...any) string {
 	t.Helper()
@@ -36,12 +25,12 @@ func dbExists(t *testing.T, conn *pgx.Conn, name string) bool {
 
 func TestNewDatabase(t *testing.T) {
 	srv := SharedServer(t)
-	admin := connect(t, srv.URL())
+	admin := Connect(t, srv.URL())
 	var inner []string
 	t.Run("inner", func(t *testing.T) {
 		for range 2 {
 			dsn := NewDatabase(t)
-			c := connect(t, dsn)
+			c := Connect(t, dsn)
 			inner = append(inner, queryString(t, c, "SELECT current_database()"))
 		}
 		if inner[0] == inner[1] {
