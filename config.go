@@ -60,6 +60,16 @@ type Config struct {
 	// pipeline starts again after a failure (a panic, a lost connection).
 	MinRestartBackoff time.Duration
 	MaxRestartBackoff time.Duration
+
+	// ConsoleToken opens the console (/console on Handler) to requests
+	// that do not come over loopback; empty keeps it loopback only.
+	ConsoleToken string
+	// PublicURL is where browsers reach Handler, the base of the links
+	// walhook.portal_url gives (recorded in walhook.settings by Run).
+	PublicURL string
+	// PortalFrameAncestors are the origins that may show the portal in a
+	// frame (CSP frame-ancestors); empty means 'self' only.
+	PortalFrameAncestors []string
 }
 
 // nameRE is what slot and publication names may be. PostgreSQL allows no
@@ -113,6 +123,7 @@ func (c *Config) Validate() error {
 			add(fmt.Sprintf("AllowTargetCIDRs[%d]", i), "invalid prefix")
 		}
 	}
+	c.validateConsole(add)
 	return errors.Join(errs...)
 }
 

@@ -58,6 +58,8 @@ type Service struct {
 
 	// hooks are for tests of this package: they inject failures.
 	hooks hooks
+
+	console consoleState // the console and portal (console.go)
 }
 
 // hooks let this package's tests make a stage fail. All nil in production.
@@ -152,6 +154,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.reconcileStatic(hard); err != nil {
 		return err
 	}
+	defer s.startConsole(hard)()
 	s.log.Info("walhook starting", "version", Version, "slot", s.cfg.Slot, "publication", s.cfg.Publication, "tables", len(s.cfg.Mapping.Tables))
 	err := s.supervise(soft, hard)
 	s.stopStandby(hard, cancelHard)
