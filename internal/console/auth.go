@@ -116,9 +116,10 @@ func isLoopback(hostport string) bool {
 }
 
 // sameOrigin says a POST comes from a page of this origin: its Origin names
-// this host, or, without Origin, Sec-Fetch-Site says same-origin.
+// this host, or, without Origin (or with "null", which a browser sends
+// under some referrer policies), Sec-Fetch-Site says same-origin.
 func sameOrigin(r *http.Request) bool {
-	if o := r.Header.Get("Origin"); o != "" {
+	if o := r.Header.Get("Origin"); o != "" && o != "null" {
 		u, err := url.Parse(o)
 		return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
 	}

@@ -148,7 +148,7 @@ func (c *Console) routes() {
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 	if strings.HasPrefix(r.URL.Path, "/portal/") {
 		h.Set("Content-Security-Policy", c.PortalCSP())

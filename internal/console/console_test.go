@@ -53,7 +53,7 @@ func TestConsole(t *testing.T) {
 		strings.Contains(csp, "unsafe-inline") {
 		t.Errorf("console CSP = %q", csp)
 	}
-	for k, v := range map[string]string{"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"} {
+	for k, v := range map[string]string{"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"} {
 		if h.Get(k) != v {
 			t.Errorf("%s = %q, want %q", k, h.Get(k), v)
 		}
@@ -227,7 +227,7 @@ func TestPortal(t *testing.T) {
 	if csp := h.Get("Content-Security-Policy"); !strings.Contains(csp, "frame-ancestors https://app.example.com") || !strings.Contains(csp, "default-src 'self'") {
 		t.Errorf("portal CSP = %q", csp)
 	}
-	if h.Get("X-Frame-Options") != "" || h.Get("Referrer-Policy") != "no-referrer" {
+	if h.Get("X-Frame-Options") != "" || h.Get("Referrer-Policy") != "same-origin" {
 		t.Errorf("portal X-Frame-Options %q, Referrer-Policy %q", h.Get("X-Frame-Options"), h.Get("Referrer-Policy"))
 	}
 

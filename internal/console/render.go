@@ -30,6 +30,7 @@ var funcs = template.FuncMap{
 	},
 	"bytes": humanBytes,
 	"join":  strings.Join,
+	"secs":  func(ms int64) string { return fmt.Sprintf("%g", float64(ms)/1000) },
 	"has":   slices.Contains[[]string],
 	"short": func(s string) string { return s[:min(len(s), 8)] },
 	"deref": func(p *int32) string {
