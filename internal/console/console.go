@@ -131,6 +131,7 @@ func (c *Console) routes() {
 	m.Handle("GET /console/held", c.operator(c.held))
 	m.Handle("POST /console/subscriptions/{id}/{action}", c.operatorAction(c.subscriptionAction))
 	m.Handle("POST /console/attempts/{id}/redeliver", c.operatorAction(c.redeliver))
+	m.Handle("POST /console/held/release", c.operatorAction(c.releaseHeld))
 
 	m.Handle("GET /portal/{token}/{$}", c.owner(c.portalHome))
 	m.Handle("GET /portal/{token}/subscriptions/{id}", c.owner(c.portalSubscription))

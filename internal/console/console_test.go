@@ -152,6 +152,14 @@ func TestConsole(t *testing.T) {
 	if strings.Contains(html.UnescapeString(page), after) || !strings.Contains(page, "Secret rotated") {
 		t.Fatalf("after rotate the console shows the secret, or no note")
 	}
+	_, _, page = c.do("GET", e.URL+"/console/held", "")
+	if !strings.Contains(page, "Nothing is held") {
+		t.Errorf("held page:\n%s", page)
+	}
+	if code, h, _ := c.do("POST", e.URL+"/console/held/release", "csrf="+url.QueryEscape(csrfOf(t, page)), "Origin", e.URL); code != http.StatusSeeOther ||
+		!strings.Contains(h.Get("Location"), "ok=release") {
+		t.Errorf("release held = %d %v", code, h)
+	}
 	if code := post("explode"); code != http.StatusNotFound {
 		t.Errorf("unknown action = %d, want 404", code)
 	}
@@ -243,6 +251,10 @@ func TestPortal(t *testing.T) {
 		{"deactivate bob's", "POST", "/subscriptions/" + bob + "/deactivate", "", http.StatusForbidden},
 		{"reveal bob's secret", "POST", "/subscriptions/" + bob + "/reveal", "", http.StatusForbidden},
 		{"delete bob's", "POST", "/subscriptions/" + bob + "/delete", "", http.StatusForbidden},
+		{"retarget bob's", "POST", "/subscriptions/" + bob + "/target", "target_url=" + url.QueryEscape("https://evil.example/"), http.StatusForbidden},
+		{"change bob's events", "POST", "/subscriptions/" + bob + "/events", "event=order.created", http.StatusForbidden},
+		{"rotate bob's secret", "POST", "/subscriptions/" + bob + "/rotate", "", http.StatusForbidden},
+		{"activate bob's", "POST", "/subscriptions/" + bob + "/activate", "", http.StatusForbidden},
 		{"redeliver bob's attempt", "POST", fmt.Sprintf("/attempts/%d/redeliver", bobFailed), "", http.StatusNotFound},
 		{"http target refused? no: allowed; credentials refused", "POST", "/subscriptions", "event=order.created&target_url=" + url.QueryEscape("https://u:p@example.com/"), http.StatusBadRequest},
 		{"unknown event", "POST", "/subscriptions", "event=order.creatd&target_url=" + url.QueryEscape("https://example.com/"), http.StatusBadRequest},

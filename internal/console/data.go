@@ -353,6 +353,16 @@ func (c *Console) redeliver(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/console/subscriptions/"+sub+"?ok=redeliver", http.StatusSeeOther)
 }
 
+// releaseHeld asks walhook to judge every held delivery again
+// (walhook.release_held).
+func (c *Console) releaseHeld(w http.ResponseWriter, r *http.Request) {
+	if err := c.exec(r.Context(), "", `SELECT walhook.release_held()::text`); err != nil {
+		c.actionFail(w, r, err)
+		return
+	}
+	http.Redirect(w, r, "/console/held?ok=release", http.StatusSeeOther)
+}
+
 // exec runs one SQL API call in a transaction; a non-empty owner is set as
 // walhook.owner for it, so the API acts for that owner only.
 func (c *Console) exec(ctx context.Context, owner, sql string, args ...any) error {

@@ -109,6 +109,7 @@ var flashes = map[string]string{
 	"events":     "Events changed.",
 	"delete":     "Subscription deleted.",
 	"create":     "Subscription created.",
+	"release":    "Release asked for: the leader judges the held deliveries again; those still failing stay held with their new reason.",
 }
 
 // fail shows msg on an error page with a way back.
