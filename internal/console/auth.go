@@ -12,6 +12,9 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"time"
+
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -25,6 +28,9 @@ const (
 type auth struct {
 	token []byte // empty: closed to all but loopback
 	key   []byte
+	// logins bounds sign-in attempts, all clients together, so that a
+	// token cannot be guessed at speed.
+	logins *rate.Limiter
 }
 
 func newAuth(token string) (*auth, error) {
@@ -33,7 +39,7 @@ func newAuth(token string) (*auth, error) {
 		return nil, err
 	}
 	k := sha256.Sum256(append(append([]byte("walhook console\x00"), seed...), token...))
-	return &auth{token: []byte(token), key: k[:]}, nil
+	return &auth{token: []byte(token), key: k[:], logins: rate.NewLimiter(rate.Every(time.Second), 10)}, nil
 }
 
 func (a *auth) mac(parts ...string) string {
@@ -169,6 +175,10 @@ func (c *Console) operatorAction(h func(http.ResponseWriter, *http.Request)) htt
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	if !sameOrigin(r) {
 		c.fail(w, r, http.StatusForbidden, "The sign-in form came from another site.")
+		return
+	}
+	if !c.auth.logins.Allow() {
+		c.loginPage(w, r, http.StatusTooManyRequests, "Too many sign-in attempts: wait a few seconds.")
 		return
 	}
 	if !c.auth.tokenOK(r.PostFormValue("token")) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -134,5 +135,26 @@ func TestNew(t *testing.T) {
 		if w.Code != http.StatusOK {
 			t.Errorf("render %s = %d: %s", n, w.Code, w.Body)
 		}
+	}
+}
+
+// TestLoginRateLimit: sign-ins past the burst are refused with 429 before
+// the token is even compared.
+func TestLoginRateLimit(t *testing.T) {
+	c, err := New(Config{Token: "secret"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last int
+	for i := 0; i < 20; i++ {
+		r := httptest.NewRequest("POST", "http://walhook.test/console/login", strings.NewReader("token=guess"))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Origin", "http://walhook.test")
+		w := httptest.NewRecorder()
+		c.ServeHTTP(w, r)
+		last = w.Code
+	}
+	if last != http.StatusTooManyRequests {
+		t.Fatalf("20th quick sign-in = %d, want 429", last)
 	}
 }
