@@ -1,4 +1,4 @@
-.PHONY: help test test-race lint bench fuzz demo
+.PHONY: help test test-race lint bench fuzz demo screenshots
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,3 +26,6 @@ fuzz: ## fuzz each decoder and parser for 30 seconds
 
 demo: ## run the end-to-end demo on a throwaway PostgreSQL
 	go run ./cmd/walhook demo
+
+screenshots: ## run the browser tests and write docs/console*.png and docs/portal*.png
+	WALHOOK_SCREENSHOTS=$(CURDIR)/docs go test -count=1 -run TestBrowser ./internal/console/

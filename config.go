@@ -71,6 +71,16 @@ type Config struct {
 	// still covers what the config needs, healing it if not
 	// (DefaultDriftInterval).
 	DriftInterval time.Duration
+
+	// ConsoleToken opens the console (/console on Handler) to requests
+	// that do not come over loopback; empty keeps it loopback only.
+	ConsoleToken string
+	// PublicURL is where browsers reach Handler, the base of the links
+	// walhook.portal_url gives (recorded in walhook.settings by Run).
+	PublicURL string
+	// PortalFrameAncestors are the origins that may show the portal in a
+	// frame (CSP frame-ancestors); empty means 'self' only.
+	PortalFrameAncestors []string
 }
 
 // nameRE is what slot and publication names may be. PostgreSQL allows no
@@ -125,6 +135,7 @@ func (c *Config) Validate() error {
 			add(fmt.Sprintf("AllowTargetCIDRs[%d]", i), "invalid prefix")
 		}
 	}
+	c.validateConsole(add)
 	return errors.Join(errs...)
 }
 

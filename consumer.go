@@ -41,6 +41,9 @@ type consumer struct {
 	// pipeline (errReinstalled).
 	digest string
 
+	// startedAt is when the pipeline asked for every held delivery to be
+	// judged again.
+	startedAt time.Time
 	// releaseAfterCommit: the open transaction called release_held().
 	releaseAfterCommit bool
 
@@ -122,7 +125,7 @@ func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) erro
 				continue
 			}
 			tick.Stop()
-			if err := c.releaseAll(work); err != nil {
+			if err := c.releaseAll(work, &c.startedAt); err != nil {
 				return err
 			}
 		}
@@ -131,9 +134,9 @@ func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) erro
 
 // releaseAll judges again every held delivery whose release was asked for,
 // a batch at a time. Only a database that went away is an error.
-func (c *consumer) releaseAll(ctx context.Context) error {
+func (c *consumer) releaseAll(ctx context.Context, until *time.Time) error {
 	for {
-		n, err := c.releaseHeld(ctx)
+		n, err := c.releaseHeld(ctx, until)
 		if err != nil {
 			if transient(err) {
 				return err
@@ -243,7 +246,7 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 			// walhook.release_held() committed: judge again now, with the
 			// owners it refreshed applied.
 			c.releaseAfterCommit = false
-			return c.releaseAll(ctx)
+			return c.releaseAll(ctx, nil)
 		}
 	}
 	return nil

@@ -95,6 +95,8 @@ func (s *Service) Health() Health { return s.state.health() }
 //	/readyz   200 "leader streaming" or "standby"; 503 "starting" or
 //	          "leader, pipeline down" (readiness), with the last error
 //	/metrics  the service's Prometheus metrics
+//	/console/ the operators' console; /portal/ each owner's portal
+//	          (internal/console)
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -113,5 +115,8 @@ func (s *Service) Handler() http.Handler {
 	})
 	m := s.metrics
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry}))
+	mux.Handle("/console", s.consoleHandler()) // the console and portal: console.go
+	mux.Handle("/console/", s.consoleHandler())
+	mux.Handle("/portal/", s.consoleHandler())
 	return mux
 }

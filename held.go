@@ -212,12 +212,17 @@ func (c *collector) Submit(_ context.Context, r *deliver.Request) error {
 // walhook.deliveries (sent by the retry queue, as attempt 1), those still
 // failing stay held with their new reason, those now denied are marked
 // released with that said. It returns how many rows it took.
-func (c *consumer) releaseHeld(ctx context.Context) (int, error) {
+//
+// With until set, only rows asked for by then are taken: the start's own
+// request, not a walhook.release_held() whose refreshed owners the stream
+// has not brought yet (its announcement takes those).
+func (c *consumer) releaseHeld(ctx context.Context, until *time.Time) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT id, key, coalesce(subscription_id::text, ''), coalesce(event, ''), change
 			FROM walhook.held WHERE status = 'held' AND release_requested_at IS NOT NULL
-			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, releaseBatch)
+				AND ($2::timestamptz IS NULL OR release_requested_at <= $2)
+			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, releaseBatch, until)
 		if err != nil {
 			return fmt.Errorf("read held deliveries to release: %w", err)
 		}

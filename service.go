@@ -67,6 +67,8 @@ type Service struct {
 
 	// hooks are for tests of this package: they inject failures.
 	hooks hooks
+
+	console consoleState // the console and portal (console.go)
 }
 
 // hooks let this package's tests make a stage fail. All nil in production.
@@ -218,6 +220,7 @@ func (s *Service) Run(ctx context.Context) error {
 	reporting, stopReporting := context.WithCancel(hard)
 	defer stopReporting()
 	wg.Go(func() { s.reportProcess(reporting) })
+	defer s.startConsole(hard)()
 	s.log.Info("walhook starting", "version", Version, "slot", s.cfg.Slot, "publication", s.cfg.Publication, "tables", len(s.cfg.Mapping.Tables))
 	err = s.supervise(soft, hard)
 	s.stopStandby(hard, cancelHard)
@@ -477,13 +480,15 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	}
 	log.Info("loaded subscriptions", "subscriptions", idx.Len(), "lsn", slot.ConfirmedFlush.String())
 	// This start may run a fixed config: judge every held delivery again.
-	tag, err := db.Exec(hard, `UPDATE walhook.held SET release_requested_at = now(), updated_at = now()
-		WHERE status = 'held' AND release_requested_at IS NULL`)
-	if err != nil {
+	var asked int64
+	var startedAt time.Time
+	if err := db.QueryRow(hard, `WITH up AS (UPDATE walhook.held SET release_requested_at = now(), updated_at = now()
+			WHERE status = 'held' AND release_requested_at IS NULL RETURNING 1)
+		SELECT count(*), now() FROM up`).Scan(&asked, &startedAt); err != nil {
 		return fmt.Errorf("ask for held deliveries to be judged again: %w", err)
 	}
-	if n := tag.RowsAffected(); n > 0 {
-		log.Warn("judging held deliveries again with this config", "held", n)
+	if asked > 0 {
+		log.Warn("judging held deliveries again with this config", "held", asked)
 	}
 
 	stream, err := cdc.New(cdc.Config{
@@ -526,6 +531,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	}
 	con := s.newConsumer(db, idx, worker, relIDs, state)
 	con.skipSubsBefore = rebuiltAt
+	con.startedAt = startedAt
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 
 	var samplers conc.WaitGroup

@@ -25,6 +25,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := newFlags("run", stderr, &c, "database-url", "config", "slot", "publication", "listen", "log-format", "allow-http", "allow-private-targets")
 	shutdown := fs.Duration("shutdown-timeout", walhook.DefaultShutdownTimeout, "on SIGTERM, how long in-flight deliveries may take to finish")
 	standby := fs.Duration("standby-interval", cdc.DefaultStandbyInterval, "how often the slot position is reported to PostgreSQL")
+	// The console and the portal (internal/console).
+	consoleToken := fs.String("console-token", "", "token that opens /console to requests not from loopback (prefer env WALHOOK_CONSOLE_TOKEN)")
+	publicURL := fs.String("public-url", "", "URL where browsers reach --listen; the base of walhook.portal_url links")
+	frameAncestors := fs.StringSlice("portal-frame-ancestors", nil, "origins that may embed /portal in a frame (CSP frame-ancestors); repeatable")
 	allowCIDRs := fs.StringSlice("allow-target-cidr", nil, "destination ranges allowed even without --allow-private-targets (e.g. 10.20.0.0/16); repeatable")
 	if err := fs.parse(args, true); err != nil {
 		return err
@@ -57,6 +61,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			cfg, _, err := loadConfig(c.Config)
 			return cfg, err
 		},
+
+		ConsoleToken:         *consoleToken,
+		PublicURL:            *publicURL,
+		PortalFrameAncestors: *frameAncestors,
 	}, log)
 	if err != nil {
 		return err
@@ -67,7 +75,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return err
 		}
 		defer srv.Close()
-		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.listener.Addr().String())
+		log.Info("serving /metrics, /healthz, /readyz, /console and /portal", "addr", srv.listener.Addr().String())
 		var wg conc.WaitGroup
 		defer wg.Wait()
 		defer srv.Close()
