@@ -33,6 +33,9 @@ type consumer struct {
 	// beforeRoute is a test hook; nil in production.
 	beforeRoute func()
 
+	// moves pairs a row's move between partitions back into one update.
+	moves *movePairer
+
 	// The open transaction's state: only one is open at a time.
 	txSites []string
 	entries []subs.Entry
@@ -60,6 +63,7 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) 
 		log:            log,
 		removeOnDelete: oc != nil && oc.RemoveOnDelete,
 		beforeRoute:    s.hooks.route,
+		moves:          newMovePairer(r.route, s.mapper, db),
 	}
 }
 
@@ -134,6 +138,9 @@ func (c *consumer) finishTx(work context.Context, msgs <-chan cdc.Message, inTx 
 }
 
 func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
+	if err := c.moves.flush(ctx, m); err != nil {
+		return err
+	}
 	switch m.Kind {
 	case cdc.KindSite:
 		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
@@ -156,7 +163,7 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		if c.beforeRoute != nil {
 			c.beforeRoute()
 		}
-		return c.router.route(ctx, m.Txn, m.Change, c.txSites)
+		return c.moves.routeChange(ctx, m.Txn, m.Change, c.txSites)
 	case cdc.KindCommit:
 		if len(c.entries) > 0 {
 			if err := subs.WriteLog(ctx, c.db, m.Txn.EndLSN, c.entries); err != nil {

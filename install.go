@@ -91,6 +91,13 @@ func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping
 		tables = append(tables, cfg.Owners.Watch...)
 	}
 	tables = slices.Compact(slices.Sorted(slices.Values(tables)))
+	// Before publishing: a published table without a replica identity fails
+	// the application's UPDATE and DELETE.
+	tc, err := ensureTableIdentity(ctx, conn, cfg)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, tc...)
 	pc, err := cdc.EnsurePublication(ctx, conn, c.Publication, tables)
 	if err != nil {
 		return nil, err
@@ -272,6 +279,11 @@ func checkInstalled(ctx context.Context, dsn, publication string, mapper *mappin
 			missing = append(missing, "event "+e.Name)
 		}
 	}
+	drift, err := identityDrift(ctx, conn, mappedConfigs(mapper))
+	if err != nil {
+		return err
+	}
+	missing = append(missing, drift...)
 	if len(missing) > 0 {
 		return installMismatch(fmt.Sprintf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
 			strings.Join(missing, ", ")))
@@ -310,7 +322,10 @@ func CheckCatalog(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) erro
 	if err != nil {
 		return fmt.Errorf("read catalog: %w", err)
 	}
-	return cfg.CheckCatalog(cat)
+	if err := cfg.CheckCatalog(cat); err != nil {
+		return err
+	}
+	return checkPartitionMapping(ctx, conn, cfg)
 }
 
 // IdentityWarnings lists the mapped tables that lack the REPLICA IDENTITY
@@ -325,6 +340,13 @@ func IdentityWarnings(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) 
 		if why != "" {
 			out = append(out, fmt.Sprintf("%s:%d: %s lacks REPLICA IDENTITY FULL, but %s (walhook install sets it)", cfg.File, t.Line, t.Table, why))
 		}
+	}
+	drift, err := identityDrift(ctx, conn, cfg.Tables)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range drift {
+		out = append(out, fmt.Sprintf("%s: %s is not set (walhook install sets it)", cfg.File, d))
 	}
 	return out, nil
 }
