@@ -151,22 +151,10 @@ func sameShape(a, b *change.Relation) bool {
 }
 
 // pairColumns reads from the catalog the columns by which rel's deletes and
-// inserts pair: none unless rel is a partitioned table; else t's key (its
-// `key:`, or the primary key) less every partition key column of its tree.
-// Partition keys on expressions count none of their columns: a move that
-// changes such a column changes the pairing key, and is not paired.
+// inserts pair: none unless rel is a partitioned table; else t's key less
+// its partition key columns (pairKey).
 func pairColumns(ctx context.Context, db *pgxpool.Pool, rel *change.Relation, t *mapping.Table) ([]string, error) {
-	var partitioned bool
-	var pk, partKey []string
-	err := db.QueryRow(ctx, `
-		SELECT c.relkind = 'p',
-			ARRAY(SELECT a.attname::text FROM pg_index i
-				JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-				WHERE i.indrelid = c.oid AND i.indisprimary),
-			ARRAY(SELECT DISTINCT a.attname::text FROM pg_partition_tree(c.oid) pt
-				JOIN pg_partitioned_table p ON p.partrelid = pt.relid
-				JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = ANY(p.partattrs::int2[]))
-		FROM pg_class c WHERE c.oid = $1`, rel.ID).Scan(&partitioned, &pk, &partKey)
+	partitioned, pk, partKey, err := partitionInfo(ctx, db, rel.ID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil // dropped since: nothing to pair by
 	}
@@ -176,9 +164,40 @@ func pairColumns(ctx context.Context, db *pgxpool.Pool, rel *change.Relation, t 
 	if !partitioned {
 		return nil, nil
 	}
-	key := pk
-	if len(t.Config.Key) > 0 {
-		key = t.Config.Key
+	return pairKey(t.Config.Key, pk, partKey), nil
+}
+
+// rowQuerier is *pgx.Conn or *pgxpool.Pool.
+type rowQuerier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// partitionInfo reads whether the relation oid is a partitioned table, its
+// primary key columns, and the partition key columns of every level of its
+// tree (partition keys on expressions count none of their columns).
+// pgx.ErrNoRows when there is no such relation.
+func partitionInfo(ctx context.Context, q rowQuerier, oid uint32) (partitioned bool, pk, partKey []string, err error) {
+	err = q.QueryRow(ctx, `
+		SELECT c.relkind = 'p',
+			ARRAY(SELECT a.attname::text FROM pg_index i
+				JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+				WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY a.attnum),
+			ARRAY(SELECT DISTINCT a.attname::text FROM pg_partition_tree(c.oid) pt
+				JOIN pg_partitioned_table p ON p.partrelid = pt.relid
+				JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = ANY(p.partattrs::int2[]))
+		FROM pg_class c WHERE c.oid = $1`, oid).Scan(&partitioned, &pk, &partKey)
+	return partitioned, pk, partKey, err
+}
+
+// pairKey returns the columns by which a partitioned table's deletes and
+// inserts pair: its key (`key:`, else the primary key pk) less the partition
+// key columns, which a move changes (a partitioned table's primary key
+// includes them). nil when nothing is left: such a table's moves are not
+// paired. A move that changes a key column used in a partition key
+// expression changes the pairing key, and is not paired either.
+func pairKey(key, pk, partKey []string) []string {
+	if len(key) == 0 {
+		key = pk
 	}
 	var cols []string
 	for _, k := range key {
@@ -186,8 +205,5 @@ func pairColumns(ctx context.Context, db *pgxpool.Pool, rel *change.Relation, t 
 			cols = append(cols, k)
 		}
 	}
-	if len(cols) == 0 {
-		return nil, nil
-	}
-	return cols, nil
+	return cols
 }

@@ -334,3 +334,36 @@ func mappedConfigs(mapper *mapping.Mapper) []*mapping.TableConfig {
 	}
 	return out
 }
+
+// PartitionNotes says, for `walhook check`, how each mapped partitioned table
+// is delivered: under its own name, with moves between partitions as one
+// update when its key leaves something to match them by.
+func PartitionNotes(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([]string, error) {
+	var out []string
+	for _, t := range cfg.Tables {
+		var oid uint32
+		if err := conn.QueryRow(ctx, `SELECT coalesce(to_regclass($1)::oid, 0)`, quoteTable(t.Table)).Scan(&oid); err != nil {
+			return nil, fmt.Errorf("read %s: %w", t.Table, err)
+		}
+		if oid == 0 {
+			continue
+		}
+		partitioned, pk, partKey, err := partitionInfo(ctx, conn, oid)
+		if err != nil {
+			return nil, fmt.Errorf("read partition key of %s: %w", t.Table, err)
+		}
+		if !partitioned {
+			continue
+		}
+		line := fmt.Sprintf("%s:%d: %s is partitioned: changes to its partitions, also ones added later, arrive as its own "+
+			"(published via the root); ", cfg.File, t.Line, t.Table)
+		if cols := pairKey(t.Key, pk, partKey); len(cols) > 0 {
+			line += "a row moved to another partition arrives as one update, matched by " + strings.Join(cols, ", ")
+		} else {
+			line += "a row moved to another partition arrives as a delete and a create, since its key is made of partition " +
+				"key columns only; set key: to the columns that identify a row across partitions to receive one update"
+		}
+		out = append(out, line)
+	}
+	return out, nil
+}
