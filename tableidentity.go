@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walhook/walhook/mapping"
 )
@@ -366,4 +367,27 @@ func PartitionNotes(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([
 		out = append(out, line)
 	}
 	return out, nil
+}
+
+// DropPartitionTrigger drops the event trigger install creates for mapped
+// partitioned tables, for `walhook uninstall`. It returns what it did: a line
+// when it dropped it, a warning when it exists and this role may not drop it
+// (only its owner, a superuser, may), nothing when there is none.
+func DropPartitionTrigger(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1)`, partitionTrigger).Scan(&exists); err != nil {
+		return "", fmt.Errorf("read event trigger %s: %w", partitionTrigger, err)
+	}
+	if !exists {
+		return "", nil
+	}
+	_, err := conn.Exec(ctx, `DROP EVENT TRIGGER IF EXISTS `+partitionTrigger)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		return fmt.Sprintf("warning: event trigger %s is left in place: only a superuser can drop it", partitionTrigger), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("drop event trigger %s: %w", partitionTrigger, err)
+	}
+	return "dropped event trigger " + partitionTrigger, nil
 }

@@ -130,6 +130,13 @@ func cmdUninstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	fmt.Fprintf(stdout, "dropped publication %s\n", c.Publication)
+	line, err := walhook.DropPartitionTrigger(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if line != "" {
+		fmt.Fprintln(stdout, line)
+	}
 	if *dropSchema {
 		if _, err := conn.Exec(ctx, `DROP SCHEMA IF EXISTS walhook CASCADE`); err != nil {
 			return fmt.Errorf("drop schema walhook: %w", err)

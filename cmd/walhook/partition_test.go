@@ -54,3 +54,22 @@ tables:
 		t.Fatalf("run with a partition lacking its replica identity = %v, want it refused naming the partition", err)
 	}
 }
+
+// TestUninstallDropsPartitionTrigger: uninstall drops the event trigger
+// install created for a mapped partitioned table.
+func TestUninstallDropsPartitionTrigger(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "tables:\n  - table: public.items\n    noun: item\n    acl: 'true'\n",
+		`CREATE TABLE public.items (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region)`)
+	ctx := context.Background()
+	var out, errOut bytes.Buffer
+	if err := run(ctx, []string{"uninstall", "--database-url", e.DSN, "--slot", e.Slot}, &out, &errOut); err != nil {
+		t.Fatalf("uninstall: %v (%s)", err, errOut.String())
+	}
+	if !strings.Contains(out.String(), "dropped event trigger walhook_partition_identity") {
+		t.Fatalf("uninstall output = %q, want the event trigger dropped", out.String())
+	}
+	if n := e.Count(`SELECT count(*) FROM pg_event_trigger WHERE evtname = 'walhook_partition_identity'`); n != 0 {
+		t.Fatalf("event triggers left = %d, want 0", n)
+	}
+}
