@@ -298,3 +298,46 @@ func TestPartitionIdentityWithoutSuperuser(t *testing.T) {
 		t.Fatalf("replica identities after the refusal = %v, want them untouched", got)
 	}
 }
+
+// TestPartitionTriggerNeverFailsDDL: when the event trigger's function cannot
+// alter a new partition (here it is owned by a role without rights), the
+// application's CREATE TABLE still succeeds, check and run name the
+// partition, and install takes the function over and sets the identity.
+func TestPartitionTriggerNeverFailsDDL(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, partitionConfig, partitionSchema)
+	role := e2e.RoleName("fn_", e.Slot)
+	qr := pgx.Identifier{role}.Sanitize()
+	e.Exec(`CREATE ROLE ` + qr)
+	t.Cleanup(func() {
+		for _, sql := range []string{`REASSIGN OWNED BY ` + qr + ` TO CURRENT_USER`, `DROP OWNED BY ` + qr, `DROP ROLE ` + qr} {
+			if _, err := e.Conn.Exec(context.WithoutCancel(ctx), sql); err != nil {
+				t.Errorf("%s: %v", sql, err)
+			}
+		}
+	})
+	e.Exec(`GRANT USAGE, CREATE ON SCHEMA walhook TO ` + qr)
+	e.Exec(`ALTER FUNCTION walhook._partition_identity() OWNER TO ` + qr)
+	e.Exec(`CREATE TABLE public.items_asia PARTITION OF public.items FOR VALUES IN ('asia')`)
+	if got := relIdentity(t, e, "public.items_asia")["public.items_asia"]; got != "d" {
+		t.Fatalf("replica identity of the new partition = %s, want d (the trigger could not set it)", got)
+	}
+	drift, err := identityDrift(ctx, e.Conn, e.Config().Tables)
+	if want := []string{"REPLICA IDENTITY FULL on public.items_asia (a partition of public.items)"}; err != nil || !slices.Equal(drift, want) {
+		t.Fatalf("identityDrift() = %q, %v; want %q", drift, err, want)
+	}
+	changes := e.install()
+	for _, want := range []string{
+		"walhook._partition_identity() now runs as a superuser",
+		"set REPLICA IDENTITY FULL on partitioned table public.items: public.items_asia:",
+	} {
+		if !slices.ContainsFunc(changes, func(l string) bool { return strings.HasPrefix(l, want) }) {
+			t.Errorf("install = %q, want a line starting %q", changes, want)
+		}
+	}
+	e.Exec(`CREATE TABLE public.items_sa PARTITION OF public.items FOR VALUES IN ('sa')`)
+	if got := relIdentity(t, e, "public.items_sa")["public.items_sa"]; got != "f" {
+		t.Fatalf("replica identity of a partition created after install = %s, want f", got)
+	}
+}

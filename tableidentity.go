@@ -180,10 +180,10 @@ func ensureTableIdentity(ctx context.Context, conn *pgx.Conn, cfg *mapping.Confi
 	if err != nil {
 		return nil, err
 	}
-	var changes []string
+	var changes identityChanges
 	trigger := false
 	if len(p.partitioned) > 0 {
-		created, ok, err := ensurePartitionTrigger(ctx, conn)
+		ok, err := changes.ensurePartitionTrigger(ctx, conn)
 		if err != nil {
 			return nil, err
 		}
@@ -194,10 +194,6 @@ func ensureTableIdentity(ctx context.Context, conn *pgx.Conn, cfg *mapping.Confi
 				"as a superuser once, or give the table a primary key", strings.Join(p.keylessPartitioned, ", "))
 		}
 		trigger = ok
-		if created {
-			changes = append(changes, fmt.Sprintf("created event trigger %s: partitions created or attached later "+
-				"get REPLICA IDENTITY FULL from their partitioned table", partitionTrigger))
-		}
 	}
 	byTable := map[string][]identityFix{}
 	var order []string
@@ -246,27 +242,43 @@ func identityLine(fixes []identityFix, names []string, trigger bool) string {
 // ensurePartitionTrigger creates the event trigger that passes a partitioned
 // table's REPLICA IDENTITY FULL on to partitions created or attached later,
 // unless it exists. ok is false when it does not exist and cannot be created
-// (only a superuser can create an event trigger).
-func ensurePartitionTrigger(ctx context.Context, conn *pgx.Conn) (created, ok bool, err error) {
-	var exists, super bool
+// (only a superuser can create an event trigger). The trigger's function runs
+// as its owner, who must be able to alter any partition: a superuser. It is
+// owned by whoever applied migration 0040, so a superuser creating the
+// trigger takes it over.
+func (changes *identityChanges) ensurePartitionTrigger(ctx context.Context, conn *pgx.Conn) (ok bool, err error) {
+	var exists, super, ownerSuper bool
 	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
-		(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, partitionTrigger).Scan(&exists, &super)
+		(SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+		coalesce((SELECT r.rolsuper FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+			WHERE p.oid = to_regprocedure('walhook._partition_identity()')), false)`, partitionTrigger).Scan(&exists, &super, &ownerSuper)
 	if err != nil {
-		return false, false, fmt.Errorf("read event trigger %s: %w", partitionTrigger, err)
-	}
-	if exists {
-		return false, true, nil
+		return false, fmt.Errorf("read event trigger %s: %w", partitionTrigger, err)
 	}
 	if !super {
-		return false, false, nil
+		return exists, nil
+	}
+	if !ownerSuper {
+		if _, err := conn.Exec(ctx, `ALTER FUNCTION walhook._partition_identity() OWNER TO CURRENT_USER`); err != nil {
+			return false, fmt.Errorf("own walhook._partition_identity(): %w", err)
+		}
+		*changes = append(*changes, "walhook._partition_identity() now runs as a superuser, so that it can alter every partition")
+	}
+	if exists {
+		return true, nil
 	}
 	_, err = conn.Exec(ctx, `CREATE EVENT TRIGGER `+partitionTrigger+` ON ddl_command_end
 		WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') EXECUTE FUNCTION walhook._partition_identity()`)
 	if err != nil {
-		return false, false, fmt.Errorf("create event trigger %s: %w", partitionTrigger, err)
+		return false, fmt.Errorf("create event trigger %s: %w", partitionTrigger, err)
 	}
-	return true, true, nil
+	*changes = append(*changes, fmt.Sprintf("created event trigger %s: partitions created or attached later "+
+		"get REPLICA IDENTITY FULL from their partitioned table", partitionTrigger))
+	return true, nil
 }
+
+// identityChanges are the lines ensureTableIdentity returns.
+type identityChanges []string
 
 // identityDrift lists, for `check` and `run`, the replica identities install
 // would set on the mapped partitioned and keyless tables: partitions

@@ -11,7 +11,9 @@
 -- when it can (it needs a superuser); the function is harmless without it.
 --
 -- It acts only on partition trees whose root is FULL and published by some
--- publication with publish_via_partition_root.
+-- publication with publish_via_partition_root. It never fails the DDL that
+-- fired it: a partition it cannot alter gets a WARNING, and walhook check
+-- and run name it until walhook install sets it.
 CREATE FUNCTION walhook._partition_identity() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -30,7 +32,12 @@ BEGIN
           AND EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                       WHERE pr.prrelid = root.oid AND p.pubviaroot)
     LOOP
-        EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
+        BEGIN
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'walhook: could not set REPLICA IDENTITY FULL on partition %: %', part, SQLERRM
+                USING HINT = 'Run walhook install, or ALTER TABLE ... REPLICA IDENTITY FULL as its owner.';
+        END;
     END LOOP;
 END $$;
 
