@@ -44,7 +44,6 @@ type identityFix struct {
 	rel     string // the relation to alter, quoted: the table or a partition
 	relName string // rel unquoted, for messages
 	index   string // the index of USING INDEX
-	keyless bool   // the mapped table has no primary key
 	// partitioned says the mapped table is partitioned: rel is it or one
 	// of its partitions.
 	partitioned bool
@@ -98,7 +97,7 @@ func planTableIdentity(ctx context.Context, conn *pgx.Conn, tables []*mapping.Ta
 			if !hasPK {
 				p.keylessPartitioned = append(p.keylessPartitioned, t.Table)
 			}
-			fixes, err := partitionFixes(ctx, conn, t.Table, !hasPK)
+			fixes, err := partitionFixes(ctx, conn, t.Table)
 			if err != nil {
 				return p, err
 			}
@@ -113,7 +112,7 @@ func planTableIdentity(ctx context.Context, conn *pgx.Conn, tables []*mapping.Ta
 		if err != nil {
 			return p, err
 		}
-		p.fixes = append(p.fixes, identityFix{mapped: t.Table, rel: quoteTable(t.Table), relName: t.Table, index: idx, keyless: true})
+		p.fixes = append(p.fixes, identityFix{mapped: t.Table, rel: quoteTable(t.Table), relName: t.Table, index: idx})
 	}
 	return p, nil
 }
@@ -121,7 +120,7 @@ func planTableIdentity(ctx context.Context, conn *pgx.Conn, tables []*mapping.Ta
 // partitionFixes lists table and those of its partitions, at every level,
 // that lack REPLICA IDENTITY FULL, the root first. Foreign partitions are
 // left out: PostgreSQL publishes nothing of them.
-func partitionFixes(ctx context.Context, conn *pgx.Conn, table string, keyless bool) ([]identityFix, error) {
+func partitionFixes(ctx context.Context, conn *pgx.Conn, table string) ([]identityFix, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT n.nspname, c.relname
 		FROM pg_partition_tree(to_regclass($1)) t
@@ -136,7 +135,7 @@ func partitionFixes(ctx context.Context, conn *pgx.Conn, table string, keyless b
 	var schema, name string
 	_, err = pgx.ForEachRow(rows, []any{&schema, &name}, func() error {
 		out = append(out, identityFix{mapped: table, rel: pgx.Identifier{schema, name}.Sanitize(),
-			relName: schema + "." + name, keyless: keyless, partitioned: true})
+			relName: schema + "." + name, partitioned: true})
 		return nil
 	})
 	if err != nil {
@@ -222,7 +221,7 @@ func identityLine(fixes []identityFix, names []string, trigger bool) string {
 	f := fixes[0]
 	if f.partitioned {
 		line := fmt.Sprintf("set REPLICA IDENTITY FULL on partitioned table %s: %s: its changes are published under "+
-			"its name, old rows are whole, and a row moved to another partition is delivered as one update",
+			"its name with whole old rows, also of rows moved to another partition",
 			f.mapped, strings.Join(names, ", "))
 		if !trigger {
 			line += "; partitions created or attached later need walhook install again (the event trigger that " +
