@@ -18,6 +18,7 @@ bench: ## run the Go benchmarks
 
 fuzz: ## fuzz each decoder and parser for 30 seconds
 	go test -run '^$$' -fuzz FuzzEncode -fuzztime 30s ./internal/change/
+	go test -run '^$$' -fuzz FuzzCompound -fuzztime 30s ./internal/change/
 	go test -run '^$$' -fuzz FuzzDecodeRowChange -fuzztime 30s ./cdc/
 	go test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./mapping/
 	go test -run '^$$' -fuzz FuzzConvert -fuzztime 30s ./acl/

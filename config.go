@@ -60,6 +60,17 @@ type Config struct {
 	// pipeline starts again after a failure (a panic, a lost connection).
 	MinRestartBackoff time.Duration
 	MaxRestartBackoff time.Duration
+	// Reload, when set, loads the config again after `walhook install` ran
+	// with another config while this process runs (the stream announces
+	// every install): the pipeline restarts with what it returns, if that is
+	// what was installed. Without it, such an install stops Run with a
+	// message saying to restart with the new config. cmd/walhook reads the
+	// --config file again.
+	Reload func() (*mapping.Config, error)
+	// DriftInterval is how often the leader checks that the publication
+	// still covers what the config needs, healing it if not
+	// (DefaultDriftInterval).
+	DriftInterval time.Duration
 }
 
 // nameRE is what slot and publication names may be. PostgreSQL allows no
@@ -100,6 +111,7 @@ func (c *Config) Validate() error {
 		{"StandbyInterval", c.StandbyInterval}, {"ShutdownTimeout", c.ShutdownTimeout},
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"SampleInterval", c.SampleInterval},
 		{"MinRestartBackoff", c.MinRestartBackoff}, {"MaxRestartBackoff", c.MaxRestartBackoff},
+		{"DriftInterval", c.DriftInterval},
 	} {
 		if d.value < 0 {
 			add(d.field, "negative duration %s", d.value)
@@ -138,6 +150,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MinRestartBackoff == 0 {
 		c.MinRestartBackoff = DefaultMinRestartBackoff
+	}
+	if c.DriftInterval == 0 {
+		c.DriftInterval = DefaultDriftInterval
 	}
 	if c.MaxRestartBackoff == 0 {
 		c.MaxRestartBackoff = max(DefaultMaxRestartBackoff, c.MinRestartBackoff)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/acl"
@@ -36,12 +37,21 @@ type consumer struct {
 	// moves pairs a row's move between partitions back into one update.
 	moves *movePairer
 
+	// digest is the running config's: an install of another one ends the
+	// pipeline (errReinstalled).
+	digest string
+
+	// skipSubsBefore: subscription changes that committed before it are
+	// already in the index, rebuilt from the table (subs.Rebuild), and must
+	// not be applied again.
+	skipSubsBefore pglogrepl.LSN
+
 	// The open transaction's state: only one is open at a time.
 	txSites []string
 	entries []subs.Entry
 }
 
-func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) *consumer {
+func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, relIDs map[uint32]string) *consumer {
 	watched := map[string]bool{}
 	oc := s.cfg.Mapping.Owners
 	if oc != nil {
@@ -53,6 +63,11 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) 
 	log := s.log.With("component", "pipeline")
 	r := newRouter(s.mapper, s.rules, idx, owners, out, pgStore{db}, s.dialects, log, s.metrics)
 	r.holder = pgHolder{db}
+	for id, name := range relIDs {
+		if t := s.mapper.Table(name); t != nil {
+			r.byRel[id] = t
+		}
+	}
 	return &consumer{
 		router:         r,
 		owners:         owners,
@@ -63,7 +78,8 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter) 
 		log:            log,
 		removeOnDelete: oc != nil && oc.RemoveOnDelete,
 		beforeRoute:    s.hooks.route,
-		moves:          newMovePairer(r.route, s.mapper, db),
+		moves:          newMovePairer(r.route, r.table, db),
+		digest:         s.digest,
 	}
 }
 
@@ -114,7 +130,7 @@ func (c *consumer) run(stop, work context.Context, msgs <-chan cdc.Message) erro
 func (c *consumer) releaser(out submitter) *router {
 	r := c.router
 	rr := newRouter(r.mapper, r.rules, r.idx, r.owners, out, r.store, r.dialects, r.log, r.metrics)
-	rr.holdLog = r.holdLog
+	rr.holdLog, rr.byRel, rr.renamed = r.holdLog, r.byRel, r.renamed
 	return rr
 }
 
@@ -144,10 +160,18 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 	switch m.Kind {
 	case cdc.KindSite:
 		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
+	case cdc.KindInstall:
+		if m.Site != c.digest {
+			// Not sealed: the install's transaction is replayed to the next
+			// pipeline, which runs the installed config or stops.
+			return errReinstalled
+		}
 	case cdc.KindChange:
 		rel := m.Change.Relation
 		if rel.Schema == "walhook" && rel.Name == "subscriptions" {
-			c.applySubscription(m.Change)
+			if m.Txn.CommitLSN >= c.skipSubsBefore {
+				c.applySubscription(m.Change)
+			}
 			return nil
 		}
 		if c.watched[rel.QualifiedName()] {
@@ -219,6 +243,22 @@ func (c *consumer) removeOwner(ctx context.Context, ch *change.Change) error {
 		c.log.Info("removed the subscriptions of a deleted owner", "owner", id, "subscriptions", n)
 	}
 	return nil
+}
+
+// mappedRelations returns the relation id of each mapped table that exists,
+// so that a table renamed while walhook was stopped is still followed.
+func (s *Service) mappedRelations(ctx context.Context, db *pgxpool.Pool) (map[uint32]string, error) {
+	out := map[uint32]string{}
+	for _, t := range s.mapper.Tables() {
+		var oid *uint32
+		if err := db.QueryRow(ctx, `SELECT to_regclass($1)::oid`, quoteTable(t)).Scan(&oid); err != nil {
+			return nil, fmt.Errorf("look up %s: %w", t, err)
+		}
+		if oid != nil {
+			out[*oid] = t
+		}
+	}
+	return out, nil
 }
 
 // pgStore is the router's subscriptionStore on the database.

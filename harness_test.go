@@ -52,7 +52,7 @@ func (e *env) testConfig() Config {
 		DatabaseURL: e.DSN, Mapping: e.Config(), Slot: e.Slot, Publication: e2e.Publication,
 		AllowHTTP: true, AllowPrivateTargets: true, StandbyInterval: 100 * time.Millisecond,
 		ShutdownTimeout: 10 * time.Second, HeartbeatInterval: 300 * time.Millisecond,
-		MinRestartBackoff: 100 * time.Millisecond, MaxRestartBackoff: time.Second,
+		MinRestartBackoff: 100 * time.Millisecond, MaxRestartBackoff: time.Second, DriftInterval: 200 * time.Millisecond,
 	}
 }
 

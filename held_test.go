@@ -153,6 +153,17 @@ func TestDiscardHeld(t *testing.T) {
 	e.start()
 	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES (1, 7, 10)`)
 	e.waitHeld(1)
+	var st *StatusReport
+	e2e.WaitFor(t, 30*time.Second, "status to list the leader", func() bool {
+		var err error
+		if st, err = Status(context.Background(), e.Conn, e.Slot); err != nil {
+			t.Fatal(err)
+		}
+		return len(st.Processes) == 1 && st.Processes[0].Role == RoleLeader && st.Processes[0].Streaming
+	})
+	if st.Held["rule"] != 1 || st.Processes[0].Slot != e.Slot || !st.Processes[0].Streaming {
+		t.Fatalf("Status() held %v processes %+v, want 1 rule hold and the streaming leader", st.Held, st.Processes)
+	}
 	if _, err := e.Conn.Exec(context.Background(), `SELECT walhook.discard_held()`); err == nil || !strings.Contains(err.Error(), "refusing") {
 		t.Fatalf("discard_held() = %v, want a refusal", err)
 	}

@@ -2,6 +2,8 @@ package walhook
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -75,7 +77,7 @@ func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping
 	rep, err := schema.Install(ctx, conn, schema.Options{
 		Events:   events,
 		Dialects: slices.Sorted(maps.Keys(cfg.Dialects)),
-		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP)},
+		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP), "config_digest": configDigest(cfg, mapper)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("install schema: %w", err)
@@ -122,7 +124,34 @@ func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping
 			changes = append(changes, fmt.Sprintf("recorded %d existing subscription(s) for the new slot", n))
 		}
 	}
+	if len(changes) > 0 {
+		// A running process learns of the install from the stream, in
+		// commit order, and reloads or stops (see Config.Reload).
+		if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, cdc.InstallPrefix, configDigest(cfg, mapper)); err != nil {
+			return nil, fmt.Errorf("announce the install: %w", err)
+		}
+	}
 	return changes, nil
+}
+
+// configDigest sums what an install puts in the database from a config:
+// events, tables, owners, dialects and static subscriptions. Two configs
+// with the same digest need no reinstall between them.
+func configDigest(cfg *mapping.Config, mapper *mapping.Mapper) string {
+	h := sha256.New()
+	for _, e := range mapper.Events() {
+		fmt.Fprintf(h, "event %s %s %s %v\n", e.Name, e.Table, e.Op, e.Derived)
+	}
+	if o := cfg.Owners; o != nil {
+		fmt.Fprintf(h, "owners %q %q\n", o.Query, o.Watch)
+	}
+	for _, d := range slices.Sorted(maps.Keys(cfg.Dialects)) {
+		fmt.Fprintf(h, "dialect %s\n", d)
+	}
+	for _, st := range cfg.Subscriptions {
+		fmt.Fprintf(h, "static %+v\n", *st)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // ensureIdentity sets REPLICA IDENTITY FULL on the tables whose deletes and
@@ -239,40 +268,61 @@ func (e installMismatch) Error() string { return string(e) }
 // checkInstalled refuses to run with a config the database was not installed
 // for: a mapped table missing from the publication would produce nothing,
 // silently, and an event missing from walhook.events cannot be subscribed to.
-func checkInstalled(ctx context.Context, dsn, publication string, mapper *mapping.Mapper) error {
+//
+// A mapped table that no longer exists (dropped, or renamed while walhook was
+// stopped) is not refused: the other tables go on. It is returned as a
+// warning, for the caller to log loudly.
+func checkInstalled(ctx context.Context, dsn, publication string, mapper *mapping.Mapper) (warnings []string, err error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	v, err := schema.Version(ctx, conn)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if v == 0 {
-		return installMismatch("walhook is not installed in this database: run walhook install with this config")
+		return nil, installMismatch("walhook is not installed in this database: run walhook install with this config")
+	}
+	migs, err := schema.Migrations()
+	if err != nil {
+		return nil, err
+	}
+	if latest := migs[len(migs)-1].Version; v < latest {
+		return nil, installMismatch(fmt.Sprintf("the installed schema is version %d and this walhook needs %d: run walhook install to upgrade it", v, latest))
 	}
 	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
-		return fmt.Errorf("read publication %q: %w", publication, err)
+		return nil, fmt.Errorf("read publication %q: %w", publication, err)
 	}
 	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("read publication %q: %w", publication, err)
+		return nil, fmt.Errorf("read publication %q: %w", publication, err)
 	}
 	var missing []string
 	for _, t := range mapper.Tables() {
-		if !slices.Contains(published, t) {
-			missing = append(missing, t)
+		if slices.Contains(published, t) {
+			continue
 		}
+		var exists bool
+		if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, quoteTable(t)).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("look up %s: %w", t, err)
+		}
+		if !exists {
+			warnings = append(warnings, fmt.Sprintf("mapped table %s does not exist (dropped, or renamed while walhook was stopped): "+
+				"it produces no events until the config names the table as it is now", t))
+			continue
+		}
+		missing = append(missing, t)
 	}
 	rows, err = conn.Query(ctx, `SELECT name FROM walhook.events`)
 	if err != nil {
-		return fmt.Errorf("read walhook.events: %w", err)
+		return nil, fmt.Errorf("read walhook.events: %w", err)
 	}
 	events, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("read walhook.events: %w", err)
+		return nil, fmt.Errorf("read walhook.events: %w", err)
 	}
 	for _, e := range mapper.Events() {
 		if !slices.Contains(events, e.Name) {
@@ -281,14 +331,14 @@ func checkInstalled(ctx context.Context, dsn, publication string, mapper *mappin
 	}
 	drift, err := identityDrift(ctx, conn, mappedConfigs(mapper))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	missing = append(missing, drift...)
 	if len(missing) > 0 {
-		return installMismatch(fmt.Sprintf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
+		return nil, installMismatch(fmt.Sprintf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
 			strings.Join(missing, ", ")))
 	}
-	return nil
+	return warnings, nil
 }
 
 // CheckCatalog checks the config's tables and columns against the database.

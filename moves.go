@@ -34,8 +34,9 @@ import (
 // same key, one right after the other in one transaction, look the same and
 // are delivered as one update too.
 type movePairer struct {
-	route  func(ctx context.Context, txn work, ch *change.Change, sites []string) error
-	mapper *mapping.Mapper
+	route func(ctx context.Context, txn work, ch *change.Change, sites []string) error
+	// table returns a relation's mapping, nil for none (router.table).
+	table func(rel *change.Relation) *mapping.Table
 	// columns returns the columns by which a relation's deletes and inserts
 	// pair, nil when they do not (not partitioned, or nothing to pair by).
 	columns func(ctx context.Context, rel *change.Relation, t *mapping.Table) ([]string, error)
@@ -47,8 +48,9 @@ type movePairer struct {
 	sites   []string
 }
 
-func newMovePairer(route func(context.Context, work, *change.Change, []string) error, mapper *mapping.Mapper, db *pgxpool.Pool) *movePairer {
-	return &movePairer{route: route, mapper: mapper, cols: map[uint32][]string{},
+func newMovePairer(route func(context.Context, work, *change.Change, []string) error,
+	table func(*change.Relation) *mapping.Table, db *pgxpool.Pool) *movePairer {
+	return &movePairer{route: route, table: table, cols: map[uint32][]string{},
 		columns: func(ctx context.Context, rel *change.Relation, t *mapping.Table) ([]string, error) {
 			return pairColumns(ctx, db, rel, t)
 		}}
@@ -103,7 +105,7 @@ func (p *movePairer) pairable(ctx context.Context, rel *change.Relation) ([]stri
 	if cols, ok := p.cols[rel.ID]; ok {
 		return cols, nil
 	}
-	t := p.mapper.Table(rel.QualifiedName())
+	t := p.table(rel)
 	if t == nil {
 		p.cols[rel.ID] = nil
 		return nil, nil

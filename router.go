@@ -86,6 +86,10 @@ type router struct {
 	only string
 	// shapes caches mismatch's verdict per relation.
 	shapes map[*change.Relation]string
+	// byRel follows mapped tables by relation id, so that a renamed table
+	// keeps its mapping (and says so) instead of going silent.
+	byRel   map[uint32]*mapping.Table
+	renamed map[uint32]string // the name last warned about, per relation id
 
 	// pendingHolds are the current change's held deliveries.
 	pendingHolds []held
@@ -122,6 +126,8 @@ func newRouter(mapper *mapping.Mapper, rules *acl.Rules, idx *subs.Index, owners
 		missing: map[string]int{},
 		sent:    map[string]bool{},
 		shapes:  map[*change.Relation]string{},
+		byRel:   map[uint32]*mapping.Table{},
+		renamed: map[uint32]string{},
 		holdLog: &holdLog{log: log},
 		verdict: verdict{allowed: map[string]bool{}, failed: map[string]error{}},
 	}
@@ -130,14 +136,16 @@ func newRouter(mapper *mapping.Mapper, rules *acl.Rules, idx *subs.Index, owners
 // input converts a change's rows for CEL once, on first need: most changes
 // match no subscription and never need it.
 type input struct {
-	ch   *change.Change
-	site string
-	in   *acl.Input
+	ch    *change.Change
+	table string // the mapped table's name, which a rename does not change
+	site  string
+	in    *acl.Input
 }
 
 func (i *input) get() *acl.Input {
 	if i.in == nil {
 		i.in = acl.InputFor(i.ch, i.site)
+		i.in.Table = i.table
 	}
 	return i.in
 }
@@ -146,7 +154,7 @@ func (i *input) get() *acl.Input {
 // txSites with walhook.set_site() before it. What it cannot judge or shape
 // it holds; the holds are durable when route returns.
 func (r *router) route(ctx context.Context, txn work, ch *change.Change, txSites []string) error {
-	t := r.mapper.Table(ch.Relation.QualifiedName())
+	t := r.table(ch.Relation)
 	if t == nil {
 		return nil // not a mapped table: it produces no event
 	}
@@ -163,10 +171,27 @@ func (r *router) route(ctx context.Context, txn work, ch *change.Change, txSites
 	return r.flushHolds(ctx)
 }
 
+// table returns rel's mapping: by name, or by relation id for a mapped
+// table that was renamed, with a warning the first time a name is seen.
+func (r *router) table(rel *change.Relation) *mapping.Table {
+	name := rel.QualifiedName()
+	if t := r.mapper.Table(name); t != nil {
+		r.byRel[rel.ID] = t
+		return t
+	}
+	t := r.byRel[rel.ID]
+	if t != nil && r.renamed[rel.ID] != name {
+		r.renamed[rel.ID] = name
+		r.log.Warn("a mapped table was renamed: walhook follows it by its id, but the config still names the old name; update tables[].table",
+			"config_table", t.Name, "table", name)
+	}
+	return t
+}
+
 // routeEvents derives, matches, judges and fans out ch's events.
 func (r *router) routeEvents(ctx context.Context, txn work, t *mapping.Table, ch *change.Change, txSites []string) error {
 	site := t.Site(ch)
-	in := &input{ch: ch, site: site}
+	in := &input{ch: ch, table: t.Name, site: site}
 	r.sites = subs.AppendAncestors(r.sites[:0], site)
 	for _, s := range txSites {
 		r.sites = subs.AppendAncestors(r.sites, s)
@@ -266,7 +291,7 @@ func (r *router) needsMore() bool {
 // returns the derived events whose condition failed to evaluate and the
 // payload's error: both hold deliveries instead of guessing.
 func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change, in *input) ([]mapping.Event, []failedEvent, error) {
-	dst = r.mapper.Map(dst, ch)
+	dst = r.mapper.MapTable(dst, t, ch)
 	var failed []failedEvent
 	for _, d := range t.Derived {
 		if ch.Op.String() != d.On {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -47,6 +48,7 @@ type Service struct {
 	metrics  *metrics.Metrics
 	state    *state
 	standby  standby
+	name     string // in walhook.processes
 
 	once    sync.Once // guards running
 	running bool
@@ -55,6 +57,13 @@ type Service struct {
 	stopS   sync.Once
 	stopH   sync.Once
 	done    chan struct{} // closed when Run returns
+
+	// digest is configDigest of the running config.
+	digest string
+
+	// rebuildIndex is set when walhook.subscriptions was out of the
+	// publication: the next pipeline rebuilds the index from the table.
+	rebuildIndex atomic.Bool
 
 	// hooks are for tests of this package: they inject failures.
 	hooks hooks
@@ -95,12 +104,67 @@ func New(cfg Config, logger *slog.Logger) (*Service, error) {
 		dialects: deliver.Dialects(cfg.Mapping, Version),
 		metrics:  metrics.New(Version),
 		state:    newState(),
+		name:     processName(),
 		soft:     make(chan struct{}),
 		hard:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 	s.metrics.SetState(s.state.leading)
+	s.digest = configDigest(cfg.Mapping, mapper)
 	return s, nil
+}
+
+// errReinstalled ends a pipeline when the stream announces an install of
+// another config than the one running; the next pipeline follows it.
+var errReinstalled = errors.New("walhook was installed with another config while this process runs")
+
+// ConfigChangedError stops Run: walhook was installed with another config
+// and this process cannot follow (no Config.Reload, or it returned another
+// config still).
+type ConfigChangedError struct{ Reason string }
+
+func (e *ConfigChangedError) Error() string {
+	return "walhook was installed with another config than this process runs: " + e.Reason
+}
+
+// installedDigest reads the digest of the config walhook was last
+// installed with; "" when the installation predates it.
+func installedDigest(ctx context.Context, db *pgxpool.Pool) (string, error) {
+	var d string
+	err := db.QueryRow(ctx, `SELECT value FROM walhook.settings WHERE key = 'config_digest'`).Scan(&d)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the installed config's digest: %w", err)
+	}
+	return d, nil
+}
+
+// reload takes the config Config.Reload returns, if it is the one
+// installed (want), for the next pipeline.
+func (s *Service) reload(ctx context.Context, want string) error {
+	if s.cfg.Reload == nil {
+		return &ConfigChangedError{Reason: "restart walhook run with the config that was installed"}
+	}
+	cfg, err := s.cfg.Reload()
+	if err != nil {
+		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
+	}
+	mapper, err := mapping.New(cfg)
+	if err != nil {
+		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
+	}
+	rules, err := acl.Compile(cfg)
+	if err != nil {
+		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
+	}
+	if d := configDigest(cfg, mapper); d != want {
+		return &ConfigChangedError{Reason: "the config file is not the one installed either: run walhook install with the config to run, then restart walhook run"}
+	}
+	s.cfg.Mapping, s.mapper, s.rules, s.dialects, s.digest = cfg, mapper, rules, deliver.Dialects(cfg, Version), want
+	s.log.Info("reloaded the config after walhook install changed it", "tables", len(cfg.Tables))
+	return nil
 }
 
 // Run runs the service until Stop or StopAndCancel is called, or ctx ends
@@ -140,7 +204,11 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	defer cancelHard()
 
-	if err := checkInstalled(hard, s.cfg.DatabaseURL, s.cfg.Publication, s.mapper); err != nil {
+	warnings, err := checkInstalled(hard, s.cfg.DatabaseURL, s.cfg.Publication, s.mapper)
+	for _, w := range warnings {
+		s.log.Warn(w)
+	}
+	if err != nil {
 		var mismatch installMismatch
 		if errors.As(err, &mismatch) {
 			return err
@@ -152,8 +220,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.reconcileStatic(hard); err != nil {
 		return err
 	}
+	reporting, stopReporting := context.WithCancel(hard)
+	defer stopReporting()
+	wg.Go(func() { s.reportProcess(reporting) })
 	s.log.Info("walhook starting", "version", Version, "slot", s.cfg.Slot, "publication", s.cfg.Publication, "tables", len(s.cfg.Mapping.Tables))
-	err := s.supervise(soft, hard)
+	err = s.supervise(soft, hard)
 	s.stopStandby(hard, cancelHard)
 	if err == nil {
 		s.log.Info("walhook stopped")
@@ -251,6 +322,18 @@ func (s *Service) supervise(soft, hard context.Context) error {
 		if soft.Err() != nil || hard.Err() != nil {
 			return nil
 		}
+		if isPublicationMissing(err) {
+			return publicationDropped(s.cfg.Publication, s.cfg.Slot, err)
+		}
+		if errors.Is(err, errIndexStale) {
+			s.rebuildIndex.Store(true)
+		}
+		if errors.Is(err, errReinstalled) {
+			// Announced by the stream: the next pipeline reloads (or
+			// stops) when it reads what was installed.
+			s.log.Info("walhook install ran with another config; restarting the pipeline to follow it")
+			continue
+		}
 		if !retryable(err) && !errors.Is(err, errLostLeadership) {
 			return err
 		}
@@ -301,7 +384,9 @@ func retryable(err error) bool {
 	if errors.As(err, &active) {
 		return true
 	}
-	if errors.Is(err, cdc.ErrSlotMissing) {
+	var dropped *PublicationDroppedError
+	var changed *ConfigChangedError
+	if errors.Is(err, cdc.ErrSlotMissing) || errors.As(err, &dropped) || errors.As(err, &changed) {
 		return false
 	}
 	var pgErr *pgconn.PgError
@@ -338,7 +423,32 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	if slot.Active {
 		return &cdc.SlotActiveError{Slot: s.cfg.Slot, Err: fmt.Errorf("active for PID %d", slot.ActivePID)}
 	}
+	if want, err := installedDigest(hard, db); err != nil {
+		return err
+	} else if want != "" && want != s.digest {
+		if err := s.reload(hard, want); err != nil {
+			return err
+		}
+	}
+	if err := s.checkDrift(hard, db); errors.Is(err, errIndexStale) {
+		s.rebuildIndex.Store(true)
+	} else if err != nil {
+		return err
+	}
+	if s.rebuildIndex.Load() {
+		n, _, err := subs.Rebuild(hard, db, slot.ConfirmedFlush)
+		if err != nil {
+			return err
+		}
+		s.rebuildIndex.Store(false)
+		log.Warn("rebuilt the subscription index from walhook.subscriptions: changes to subscriptions while it was out of the publication were not seen in commit order",
+			"subscriptions", n, "lsn", slot.ConfirmedFlush.String())
+	}
 	idx, err := subs.Load(hard, db, slot.ConfirmedFlush)
+	if err != nil {
+		return err
+	}
+	rebuiltAt, err := subs.RebuiltAt(hard, db)
 	if err != nil {
 		return err
 	}
@@ -381,13 +491,19 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	recCtx, stopRec := context.WithCancel(pctx)
 	defer stopRec()
 
-	con := s.newConsumer(db, idx, worker)
+	relIDs, err := s.mappedRelations(hard, db)
+	if err != nil {
+		return err
+	}
+	con := s.newConsumer(db, idx, worker, relIDs)
+	con.skipSubsBefore = rebuiltAt
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 
 	var samplers conc.WaitGroup
 	g.Go("recorder", recCtx, func() error { return worker.Run(recCtx) })
 	samplers.Go(func() { s.sampleMetrics(recCtx, db, stream.Tracker(), worker) })
 	samplers.Go(func() { s.pruneLog(recCtx, db) })
+	g.Go("publication check", recCtx, func() error { return s.watchDrift(recCtx, db) })
 	readers.Go("stream", readCtx, func() error { return stream.Run(readCtx, msgs) })
 	readers.Go("consumer", readCtx, func() error { return con.run(readCtx, pctx, msgs) })
 	// Like the consumer: stops claiming with readCtx, while the attempts it

@@ -31,9 +31,29 @@ type StatusReport struct {
 	// row) and gone (the receiver answered 410).
 	Subscriptions map[string]int64 `json:"subscriptions"`
 	// Static lists the subscriptions declared in the config, by name.
-	Static         []StaticStatus  `json:"static"`
+	Static []StaticStatus `json:"static"`
+	// Held counts the deliveries held by cause (rule, payload, owners,
+	// schema): nothing is sent for them until walhook.release_held().
+	Held map[string]int64 `json:"held"`
+	// Processes are the walhook processes that reported in the last
+	// minute, with their role and last pipeline error.
+	Processes      []ProcessStatus `json:"processes"`
 	Deliveries     DeliveryStatus  `json:"deliveries"`
 	RecentFailures []FailureStatus `json:"recent_failures"`
+}
+
+// ProcessStatus is one walhook process.
+type ProcessStatus struct {
+	Name        string     `json:"name"`
+	Slot        string     `json:"slot"`
+	Role        string     `json:"role"`
+	Streaming   bool       `json:"streaming"`
+	Version     string     `json:"version"`
+	StartedAt   time.Time  `json:"started_at"`
+	SeenAt      time.Time  `json:"seen_at"`
+	Restarts    int64      `json:"restarts"`
+	LastError   string     `json:"last_error,omitempty"`
+	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
 }
 
 // StaticStatus is one subscription declared under subscriptions: in the
@@ -101,7 +121,8 @@ type FailureStatus struct {
 // Status reads what `walhook status` reports; a missing slot is reported
 // in the report, not as an error.
 func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, error) {
-	st := &StatusReport{Subscriptions: map[string]int64{}, Static: []StaticStatus{}, RecentFailures: []FailureStatus{}}
+	st := &StatusReport{Subscriptions: map[string]int64{}, Static: []StaticStatus{}, Held: map[string]int64{},
+		Processes: []ProcessStatus{}, RecentFailures: []FailureStatus{}}
 	v, err := schema.Version(ctx, conn)
 	if err != nil {
 		return nil, err
@@ -173,6 +194,9 @@ func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, er
 	if st.Static, err = collectStatic(ctx, conn); err != nil {
 		return nil, err
 	}
+	if err := collectHeld(ctx, conn, st); err != nil {
+		return nil, err
+	}
 
 	d := &st.Deliveries
 	if err := conn.QueryRow(ctx, `SELECT count(*),
@@ -227,6 +251,49 @@ func collectStatic(ctx context.Context, conn *pgx.Conn) ([]StaticStatus, error) 
 		return nil, fmt.Errorf("list static subscriptions: %w", err)
 	}
 	return out, nil
+}
+
+// collectHeld counts held deliveries and lists the processes, where the
+// installed schema has them.
+func collectHeld(ctx context.Context, conn *pgx.Conn, st *StatusReport) error {
+	var held, procs bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('walhook.held') IS NOT NULL, to_regclass('walhook.processes') IS NOT NULL`).Scan(&held, &procs); err != nil {
+		return fmt.Errorf("look for walhook.held: %w", err)
+	}
+	for _, c := range []string{"rule", "payload", "owners", "schema"} {
+		st.Held[c] = 0
+	}
+	if held {
+		rows, err := conn.Query(ctx, `SELECT cause, count(*) FROM walhook.held WHERE status = 'held' GROUP BY 1`)
+		if err != nil {
+			return fmt.Errorf("count held deliveries: %w", err)
+		}
+		var cause string
+		var n int64
+		if _, err := pgx.ForEachRow(rows, []any{&cause, &n}, func() error {
+			st.Held[cause] = n
+			return nil
+		}); err != nil {
+			return fmt.Errorf("count held deliveries: %w", err)
+		}
+	}
+	if !procs {
+		return nil
+	}
+	rows, err := conn.Query(ctx, `SELECT name, slot, role, streaming, version, started_at, seen_at, restarts, coalesce(last_error, ''), last_error_at
+		FROM walhook.processes WHERE seen_at > now() - $1 * interval '1 millisecond' ORDER BY role = 'leader' DESC, name`, staleAfter.Milliseconds())
+	if err != nil {
+		return fmt.Errorf("list walhook processes: %w", err)
+	}
+	var p ProcessStatus
+	if _, err := pgx.ForEachRow(rows, []any{&p.Name, &p.Slot, &p.Role, &p.Streaming, &p.Version, &p.StartedAt, &p.SeenAt, &p.Restarts, &p.LastError, &p.LastErrorAt}, func() error {
+		st.Processes = append(st.Processes, p)
+		p = ProcessStatus{}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list walhook processes: %w", err)
+	}
+	return nil
 }
 
 func deref(s *string) string {

@@ -1,14 +1,14 @@
 package walhook
 
 import (
-	"bytes"
 	"encoding/json"
 	"flag"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/walhook/walhook/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/golden")
@@ -93,27 +93,7 @@ func TestColumnTypesGolden(t *testing.T) {
 
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	var pretty bytes.Buffer
-	if err := json.Indent(&pretty, got, "", "  "); err != nil {
-		t.Fatalf("indent %s: %v", got, err)
-	}
-	pretty.WriteByte('\n')
-	path := filepath.Join("testdata", "golden", name)
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, pretty.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden %s (run with -update to create it): %v", path, err)
-	}
-	if !bytes.Equal(pretty.Bytes(), want) {
-		t.Fatalf("body for %s differs from golden:\n got: %s\nwant: %s", name, pretty.Bytes(), want)
-	}
+	golden.CheckJSON(t, filepath.Join("testdata", "golden", name), got, *update)
 }
 
 // TestUnchangedToastIsNeverNull: an update that leaves a large value alone

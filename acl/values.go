@@ -66,8 +66,10 @@ func InputFor(ch *change.Change, site string) *Input {
 //   - one- or multi-dimensional arrays of the types above, text-like types
 //     and uuid: lists, NULL elements as null
 //   - text, varchar, char, name, uuid, enums and every other type: string, the
-//     text PostgreSQL sent. Arrays of enums and other unknown types are
-//     strings too: their OIDs do not say that they are arrays.
+//     text PostgreSQL sent.
+//   - domains as their base type, arrays of domains and enums as lists of
+//     those: the stream resolves them from the catalog (change.Column.Base).
+//     Arrays of other types (composites, ranges) are strings.
 //
 // NULL is null. Unchanged columns (unchanged TOAST values, or columns not
 // sent) are absent, so a rule that reads one fails and denies rather than
@@ -93,7 +95,7 @@ func rowValues(rel *change.Relation, row, fill change.Row) map[string]any {
 		case change.Null:
 			m[col.Name] = types.NullValue
 		case change.Text:
-			m[col.Name] = convert(col.TypeOID, d.Text)
+			m[col.Name] = convert(col.ValueType(), d.Text)
 		}
 	}
 	return m

@@ -208,3 +208,31 @@ func FuzzConvert(f *testing.F) {
 		}
 	})
 }
+
+// TestRowValuesByBaseType: a column whose type the stream resolved from the
+// catalog (a domain, an enum array) is read as its base type.
+func TestRowValuesByBaseType(t *testing.T) {
+	t.Parallel()
+	rel := &change.Relation{Schema: "public", Name: "orders", Columns: []change.Column{
+		{Name: "qty", TypeOID: 16390, Base: 23},
+		{Name: "moods", TypeOID: 16401, Base: 1009},
+		{Name: "pair", TypeOID: 16405},
+	}}
+	row := change.Row{
+		{Kind: change.Text, Text: []byte("3")},
+		{Kind: change.Text, Text: []byte("{sad,happy}")},
+		{Kind: change.Text, Text: []byte("(1,a)")},
+	}
+	m := RowValues(rel, row)
+	if m["qty"] != types.Int(3) || m["pair"] != types.String("(1,a)") {
+		t.Fatalf("RowValues() = %v, want qty 3 and pair as text", m)
+	}
+	r := compileYAML(t, `tables:
+  - table: public.orders
+    noun: order
+    acl: "row.qty > 2 && 'happy' in row.moods"
+`)
+	if ok, err := r.Allow("public.orders", &Input{Op: change.Insert, New: m}, owner("u", nil)); !ok || err != nil {
+		t.Fatalf("Allow(domain and enum array rule) = %v, %v; want true", ok, err)
+	}
+}

@@ -19,7 +19,9 @@ var errShort = errors.New("message truncated")
 // flight keep the shape they were decoded with.
 type relations map[uint32]*change.Relation
 
-func (rs relations) apply(m *pglogrepl.RelationMessage) *change.Relation {
+// apply records m, giving each column the encoder and base type that
+// resolve returns for its type.
+func (rs relations) apply(m *pglogrepl.RelationMessage, resolve func(oid uint32) (change.Encoder, uint32)) *change.Relation {
 	r := &change.Relation{
 		ID:              m.RelationID,
 		Schema:          m.Namespace,
@@ -28,11 +30,13 @@ func (rs relations) apply(m *pglogrepl.RelationMessage) *change.Relation {
 		Columns:         make([]change.Column, len(m.Columns)),
 	}
 	for i, c := range m.Columns {
+		enc, base := resolve(c.DataType)
 		r.Columns[i] = change.Column{
 			Name:    c.Name,
 			TypeOID: c.DataType,
 			Key:     c.Flags&1 != 0,
-			Enc:     change.EncoderFor(c.DataType),
+			Enc:     enc,
+			Base:    base,
 		}
 	}
 	rs[m.RelationID] = r

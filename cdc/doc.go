@@ -16,6 +16,12 @@
 // the standby interval: when the consumer is slow it keeps sending status
 // updates while it waits, so the server does not time the connection out.
 //
+// Column types that need the catalog to be encoded (domains, arrays of
+// anything, composites) are looked up on a second, ordinary connection when
+// a RELATION message arrives, before the changes that use it; a lookup is
+// bounded by half the standby interval, and one that fails leaves the values
+// as strings with a warning: it never stops the stream (types.go).
+//
 // The stream never starts from IDENTIFY_SYSTEM's position: it starts from the
 // slot's confirmed_flush_lsn, which the server applies on its own.
 package cdc

@@ -30,6 +30,11 @@ const (
 // SitePrefix is the logical message prefix walhook.set_site() emits.
 const SitePrefix = "walhook.site"
 
+// InstallPrefix is the logical message prefix `walhook install` emits, in
+// its transaction, with the digest of the config it installed: a running
+// process learns of the install in commit order.
+const InstallPrefix = "walhook.install"
+
 // sessionSettings make the text the server sends for each type one fixed,
 // lossless form, whatever the database's defaults: ISO dates in UTC, floats
 // with round-trip precision, bytea as hex.
@@ -70,6 +75,9 @@ const (
 	KindChange Kind = iota + 1
 	KindSite
 	KindCommit
+	// KindInstall is an install of walhook, with the digest of its config
+	// in Site.
+	KindInstall
 )
 
 // Message is what the stream hands its consumer.
@@ -153,6 +161,10 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// Connected before replication starts, when no status is due yet.
+	types := newTypeResolver(s.cfg.DatabaseURL, min(DefaultTypeLookupTimeout, s.cfg.StandbyInterval/2), s.log)
+	types.open(ctx)
+	defer types.close(context.WithoutCancel(ctx))
 
 	// Only the identity is taken from IDENTIFY_SYSTEM, never its position:
 	// the stream resumes from the slot's own.
@@ -176,7 +188,7 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message) error {
 	}
 	s.log.Info("streaming", "lsn", s.cfg.Start.String(), "publication", s.cfg.Publication)
 
-	r := &reader{s: s, conn: conn, out: out, rels: relations{}, source: ident.SystemID + "/" + ident.DBName}
+	r := &reader{s: s, conn: conn, out: out, rels: relations{}, source: ident.SystemID + "/" + ident.DBName, types: types}
 	err = r.loop(ctx)
 	// A last status so the server keeps what was finished; the connection may
 	// be gone already, in which case there is nothing to tell.
@@ -191,6 +203,7 @@ type reader struct {
 	conn       *pgconn.PgConn
 	out        chan<- Message
 	rels       relations
+	types      *typeResolver
 	source     string // change.Tx.Source of every transaction
 	cur        *Txn
 	seq        uint32
@@ -327,6 +340,7 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		if err := decodeRowChange(data[0], data[1:], r.rels, ch); err != nil {
 			return fmt.Errorf("decode change at %s: %w", r.cur.CommitLSN, err)
 		}
+		r.types.refresh(ctx, ch, r.rels)
 		r.seq++
 		r.s.cfg.Observer.Decoded(1)
 		return r.emit(ctx, Message{Kind: KindChange, Txn: r.cur, Change: ch})
@@ -351,15 +365,19 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		r.cur = nil
 		return r.emit(ctx, Message{Kind: KindCommit, Txn: t})
 	case *pglogrepl.RelationMessage:
-		r.rels.apply(m)
+		r.types.prepare(ctx, m)
+		r.rels.apply(m, r.types.column)
 	case *pglogrepl.LogicalDecodingMessage:
 		if m.Prefix == SitePrefix && m.Transactional && r.cur != nil {
 			return r.emit(ctx, Message{Kind: KindSite, Txn: r.cur, Site: string(m.Content)})
 		}
+		if m.Prefix == InstallPrefix && m.Transactional && r.cur != nil {
+			return r.emit(ctx, Message{Kind: KindInstall, Txn: r.cur, Site: string(m.Content)})
+		}
 	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage, *pglogrepl.TruncateMessage:
-		// Types: values arrive as text, and an unknown type's text becomes a
-		// JSON string, so the type's name is not needed. Truncate is not
-		// published.
+		// Types: a TYPE message names a type but not what it is made of, so
+		// the RELATION that follows looks its columns' types up in the
+		// catalog instead (types.go). Truncate is not published.
 	}
 	return nil
 }

@@ -158,6 +158,8 @@ type recorder struct {
 	queued sync.Map // *Request → int64
 	// obs is told each recorded outcome; nil for none.
 	obs Observer
+	// fails rate-limits the WARN lines of failed attempts.
+	fails failureLog
 }
 
 func newRecorder(db *pgxpool.Pool, log *slog.Logger) *recorder {
@@ -224,6 +226,7 @@ func (rc *recorder) run(ctx context.Context) error {
 		}
 		for i := range batch {
 			rc.observe(batch[i].v)
+			rc.logOutcome(batch[i].r, batch[i].o, batch[i].v)
 			rc.queued.Delete(batch[i].r)
 			if batch[i].r.Done != nil {
 				batch[i].r.Done()

@@ -3,7 +3,6 @@ package deliver
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -363,19 +362,19 @@ func (w *Worker) target(raw string) (*url.URL, string, error) {
 		return nil, "", fmt.Errorf("parse target URL: %w", err)
 	}
 	if u.User != nil {
-		return nil, "", errors.New("target URL carries credentials; refused")
+		return nil, "", fmt.Errorf("%w: the target URL carries credentials", ErrRefused)
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !w.cfg.AllowHTTP {
-			return nil, "", errors.New("http:// target refused (allow with --allow-http)")
+			return nil, "", fmt.Errorf("%w: http:// target (allow with --allow-http)", ErrRefused)
 		}
 	default:
-		return nil, "", fmt.Errorf("target scheme %q refused", u.Scheme)
+		return nil, "", fmt.Errorf("%w: target scheme %q", ErrRefused, u.Scheme)
 	}
 	if u.Hostname() == "" {
-		return nil, "", errors.New("target URL has no host")
+		return nil, "", fmt.Errorf("%w: the target URL has no host", ErrRefused)
 	}
 	port := u.Port()
 	if port == "" {

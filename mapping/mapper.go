@@ -135,7 +135,13 @@ func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
 	if rel == nil {
 		return dst
 	}
-	t := m.bySchema[rel.Schema][rel.Name]
+	return m.MapTable(dst, m.bySchema[rel.Schema][rel.Name], ch)
+}
+
+// MapTable is Map for a change known to be of table t, whatever its
+// relation's name says now (a mapped table renamed since the config was
+// written).
+func (m *Mapper) MapTable(dst []Event, t *Table, ch *change.Change) []Event {
 	if t == nil || ch.Op > change.Delete {
 		return dst
 	}

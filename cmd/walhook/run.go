@@ -17,6 +17,7 @@ import (
 
 	"github.com/walhook/walhook"
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/mapping"
 )
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -51,6 +52,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		AllowTargetCIDRs:    cidrs,
 		StandbyInterval:     *standby,
 		ShutdownTimeout:     *shutdown,
+		// After `walhook install` with a changed config, follow it.
+		Reload: func() (*mapping.Config, error) {
+			cfg, _, err := loadConfig(c.Config)
+			return cfg, err
+		},
 	}, log)
 	if err != nil {
 		return err

@@ -54,10 +54,19 @@ func printStatus(w io.Writer, st *walhook.StatusReport) error {
 		fmt.Fprintf(tw, "  next due %s", d.NextDueAt.UTC().Format(time.RFC3339))
 	}
 	fmt.Fprintln(tw)
+	h := st.Held
+	fmt.Fprintf(tw, "HELD\trule %d  payload %d  owners %d  schema %d", h["rule"], h["payload"], h["owners"], h["schema"])
+	if h["rule"]+h["payload"]+h["owners"]+h["schema"] > 0 {
+		fmt.Fprint(tw, "  (nothing is sent for them: fix the cause, then SELECT walhook.release_held())")
+	}
+	fmt.Fprintln(tw)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
+	if err := printProcesses(w, st.Processes); err != nil {
+		return err
+	}
 	if err := printStatic(w, st.Static); err != nil {
 		return err
 	}
@@ -80,6 +89,38 @@ func printStatus(w io.Writer, st *walhook.StatusReport) error {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\n", f.At.UTC().Format(time.RFC3339), f.SubscriptionID, f.Event, f.Attempt, status, errText)
 	}
 	return tw.Flush()
+}
+
+// printProcesses lists the walhook processes and their last errors.
+func printProcesses(w io.Writer, ps []walhook.ProcessStatus) error {
+	if len(ps) == 0 {
+		_, err := fmt.Fprintln(w, "PROCESSES: none reported in the last 30s")
+		return err
+	}
+	fmt.Fprintln(w, "PROCESSES")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NAME\tROLE\tSTREAMING\tVERSION\tRESTARTS\tLAST ERROR")
+	for _, p := range ps {
+		last := "-"
+		if p.LastError != "" && p.LastErrorAt != nil {
+			last = p.LastErrorAt.UTC().Format(time.RFC3339) + " " + oneLine(p.LastError, 80)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%v\t%s\t%d\t%s\n", p.Name, p.Role, p.Streaming, p.Version, p.Restarts, last)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(w)
+	return err
+}
+
+// oneLine shortens s to one line of at most n characters.
+func oneLine(s string, n int) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > n {
+		s = s[:n-3] + "..."
+	}
+	return s
 }
 
 // printStatic lists the static subscriptions, when there are any.

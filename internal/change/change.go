@@ -71,6 +71,22 @@ type Column struct {
 	// Enc converts the column's text form to JSON; set by the relation cache
 	// from TypeOID so the hot path does no lookups.
 	Enc Encoder
+	// Base is the built-in type whose text form the column's values have
+	// when TypeOID is not built in: a domain's base type (through every
+	// domain), text for an enum, the array of those for an array of domains
+	// or enums. 0 when TypeOID says it all, or when no built-in type fits (a
+	// composite). Set by the relation cache from the catalog, so that rules
+	// read a domain over int as an int, as the body does.
+	Base uint32
+}
+
+// ValueType returns the type OID the column's values are read as: Base when
+// set, otherwise TypeOID.
+func (c *Column) ValueType() uint32 {
+	if c.Base != 0 {
+		return c.Base
+	}
+	return c.TypeOID
 }
 
 // Relation is a table as described by the stream.

@@ -14,15 +14,33 @@ import (
 // that no input, however malformed, loses data or makes the document invalid
 // (json and jsonb excepted; see appendRawJSON).
 
+// Types beyond the built-ins below get their encoders from cdc, which reads
+// the catalog: a domain uses its base type's encoder, an array of any type
+// ArrayEncoder over its element's, a composite CompositeEncoder over its
+// attributes'. Enums, ranges and multiranges stay strings in PostgreSQL's
+// text form ("[1,5)"), as to_json gives them: lossless, and every client
+// library parses it, where an object {lower, upper, ...} would be walhook's
+// own invention. README's type table is the user-facing list.
+
 // EncoderFor returns the Encoder for a type OID. Array types are decoded with
 // the encoder of their built-in element type. Unknown OIDs (enums, domains,
 // composites, extension and user types) and arrays of them encode as JSON
-// strings of their text form.
+// strings of their text form; a caller that can read the catalog builds their
+// encoders from these parts with BuiltinEncoder, ArrayEncoder and
+// CompositeEncoder (cdc does, per type, when a relation arrives).
 func EncoderFor(oid uint32) Encoder {
 	if enc, ok := encoders[oid]; ok {
 		return enc
 	}
 	return AppendString
+}
+
+// BuiltinEncoder returns the Encoder for a built-in type that has a JSON form
+// other than a string, and false for every other OID. It tells a resolver
+// which OIDs it need not look up.
+func BuiltinEncoder(oid uint32) (Encoder, bool) {
+	enc, ok := encoders[oid]
+	return enc, ok
 }
 
 // AppendJSON appends d as JSON using enc.
@@ -108,7 +126,7 @@ func buildEncoders() map[uint32]Encoder {
 		if !ok {
 			enc = AppendString
 		}
-		m[arr] = arrayEncoder(enc)
+		m[arr] = ArrayEncoder(enc, ',')
 	}
 	return m
 }
@@ -442,20 +460,24 @@ func appendTimestamptz(dst, text []byte) []byte {
 	return append(dst, off[0], off[1], off[2], ':', m0, m1, '"')
 }
 
-// arrayEncoder returns an Encoder that turns PostgreSQL's array text output
+// ArrayEncoder returns an Encoder that turns PostgreSQL's array text output
 // into a JSON array (nested for multi-dimensional arrays), encoding each
-// element with elem. Text that is not a well-formed array literal is emitted
-// whole as a JSON string.
-func arrayEncoder(elem Encoder) Encoder {
+// element with elem (a nil elem encodes elements as strings). delim is the
+// element type's typdelim: ',' for every type but box, which uses ';'. Text
+// that is not a well-formed array literal is emitted whole as a JSON string.
+func ArrayEncoder(elem Encoder, delim byte) Encoder {
+	if elem == nil {
+		elem = AppendString
+	}
 	return func(dst, text []byte) []byte {
-		return appendArray(dst, text, elem)
+		return appendArray(dst, text, elem, delim)
 	}
 }
 
 // appendArray parses iteratively, so that deeply nested input cannot exhaust
 // the stack, and writes as it parses; on a syntax error it truncates dst back
 // to where it started and writes the text as a string instead.
-func appendArray(dst, text []byte, elem Encoder) []byte {
+func appendArray(dst, text []byte, elem Encoder, delim byte) []byte {
 	start := len(dst)
 	i := skipBounds(text)
 	if i < 0 || i >= len(text) || text[i] != '{' {
@@ -502,7 +524,7 @@ func appendArray(dst, text []byte, elem Encoder) []byte {
 			i = j + 1
 		default:
 			j := i
-			for j < len(text) && text[j] != ',' && text[j] != '}' {
+			for j < len(text) && text[j] != delim && text[j] != '}' {
 				if c := text[j]; c == '{' || c == '"' || c == '\\' {
 					return AppendString(dst[:start], text)
 				}
@@ -518,7 +540,7 @@ func appendArray(dst, text []byte, elem Encoder) []byte {
 			}
 			i = j
 		}
-		// After an element: closing braces, then a comma or the end.
+		// After an element: closing braces, then a delimiter or the end.
 		for depth > 0 && i < len(text) && text[i] == '}' {
 			dst = append(dst, ']')
 			depth--
@@ -530,7 +552,7 @@ func appendArray(dst, text []byte, elem Encoder) []byte {
 			}
 			return dst
 		}
-		if i >= len(text) || text[i] != ',' {
+		if i >= len(text) || text[i] != delim {
 			return AppendString(dst[:start], text)
 		}
 		dst = append(dst, ',')

@@ -2,6 +2,7 @@ package subs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -115,4 +116,71 @@ func Snapshot(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) (int64, er
 		return 0, fmt.Errorf("snapshot subscriptions at %s: %w", lsn, err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// Rebuild makes the log say, at lsn (the slot's confirmed LSN), that the
+// subscriptions are what the table holds now: for when changes to
+// walhook.subscriptions did not reach the stream (the table was out of the
+// publication), so the log missed them. Load(lsn) then gives the table's
+// state. It returns how many subscriptions it recorded and the WAL position
+// the table was read at: the stream replays subscription changes that
+// committed before it, which the table already holds, and a replay would
+// bring back what was removed in the gap, so the caller skips them
+// (RebuiltAt keeps the position across restarts).
+func Rebuild(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (int64, pglogrepl.LSN, error) {
+	var n int64
+	var at pglogrepl.LSN
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		// The position first: whatever commits after it is both in the
+		// table read below and replayed, which is harmless.
+		var pos string
+		if err := tx.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&pos); err != nil {
+			return fmt.Errorf("rebuild subscription log: %w", err)
+		}
+		var err error
+		if at, err = pglogrepl.ParseLSN(pos); err != nil {
+			return fmt.Errorf("rebuild subscription log: %w", err)
+		}
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO walhook.subscription_log (id, lsn, deleted, owner, event, events, target_url, site, dialect, secret, active,
+				previous_secret, previous_secret_until)
+			SELECT id, $1::text::pg_lsn, false, owner, event, events, target_url, site, dialect, secret, active,
+				previous_secret, previous_secret_until FROM walhook.subscriptions
+			ON CONFLICT (id, lsn) DO UPDATE SET deleted = false, owner = excluded.owner, event = excluded.event,
+				events = excluded.events, target_url = excluded.target_url, site = excluded.site, dialect = excluded.dialect,
+				secret = excluded.secret, active = excluded.active, previous_secret = excluded.previous_secret,
+				previous_secret_until = excluded.previous_secret_until`, lsn.String())
+		if err != nil {
+			return fmt.Errorf("rebuild subscription log at %s: %w", lsn, err)
+		}
+		n = tag.RowsAffected()
+		// Those the log still has and the table does not were removed in the
+		// gap.
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO walhook.subscription_log (id, lsn, deleted)
+			SELECT DISTINCT l.id, $1::text::pg_lsn, true FROM walhook.subscription_log l
+			WHERE NOT EXISTS (SELECT 1 FROM walhook.subscriptions s WHERE s.id = l.id)
+			ON CONFLICT (id, lsn) DO UPDATE SET deleted = true`, lsn.String()); err != nil {
+			return fmt.Errorf("rebuild subscription log at %s: %w", lsn, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO walhook.settings (key, value) VALUES ('subscriptions_rebuilt_at', $1)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, at.String()); err != nil {
+			return fmt.Errorf("record the rebuild of the subscription log: %w", err)
+		}
+		return nil
+	})
+	return n, at, err
+}
+
+// RebuiltAt returns the WAL position of the last Rebuild, 0 for none.
+func RebuiltAt(ctx context.Context, db *pgxpool.Pool) (pglogrepl.LSN, error) {
+	var v string
+	err := db.QueryRow(ctx, `SELECT value FROM walhook.settings WHERE key = 'subscriptions_rebuilt_at'`).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read when the subscription log was rebuilt: %w", err)
+	}
+	return pglogrepl.ParseLSN(v)
 }

@@ -38,6 +38,7 @@ DECLARE
     found_one boolean;
     close text;
 BEGIN
+    PERFORM walhook._check_length('event', pattern, 200);
     IF pattern = '*' THEN
         found_one := EXISTS (SELECT 1 FROM walhook.events);
     ELSIF pattern ~ '^[a-z][a-z0-9_]*\.\*$' THEN
@@ -112,6 +113,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id uuid;
 BEGIN
+    PERFORM walhook._check_length('owner', owner, 200);
+    PERFORM walhook._check_length('dialect', dialect, 64);
     IF owner IS NULL OR btrim(owner) = '' THEN
         PERFORM walhook._invalid('owner must not be empty');
     END IF;

@@ -74,6 +74,7 @@ END $$;
 CREATE OR REPLACE FUNCTION walhook.deactivate(id uuid, reason text DEFAULT 'Deactivated') RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM walhook._check_length('reason', reason, 1000);
     PERFORM walhook._refuse_static(deactivate.id, 'deactivate');
     UPDATE walhook.subscriptions s SET active = false, status_message = reason, updated_at = now()
     WHERE s.id = deactivate.id;
@@ -119,6 +120,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int;
 BEGIN
+    PERFORM walhook._check_length('owner', remove_owner.owner, 200);
     IF NOT walhook._may(remove_owner.owner) THEN
         PERFORM walhook._deny(format('walhook.owner is %L: cannot act for owner %L',
             current_setting('walhook.owner', true), remove_owner.owner));
