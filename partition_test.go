@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -340,4 +341,23 @@ func TestPartitionTriggerNeverFailsDDL(t *testing.T) {
 	if got := relIdentity(t, e, "public.items_sa")["public.items_sa"]; got != "f" {
 		t.Fatalf("replica identity of a partition created after install = %s, want f", got)
 	}
+}
+
+// TestPublicationViaRootHealed: a publication that stops publishing via the
+// partition root sends a partitioned table's changes under its partitions'
+// names, which map to nothing; the leader names it and turns it back on.
+func TestPublicationViaRootHealed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, partitionConfig, partitionSchema)
+	e.Subscribe("item.created", "/c")
+	e.start()
+	// Streaming: past run's check of the installation.
+	e.Exec(`INSERT INTO public.items VALUES (0, 'eu', 'z', 'n0')`)
+	e.Recv.WaitRows(t, "/c", 0)
+	e.Exec(`ALTER PUBLICATION walhook SET (publish_via_partition_root = false)`)
+	e2e.WaitFor(t, 30*time.Second, "the publication to publish via the root again", func() bool {
+		return e.Count(`SELECT count(*) FROM pg_publication WHERE pubname = 'walhook' AND pubviaroot`) == 1
+	})
+	e.Exec(`INSERT INTO public.items VALUES (1, 'eu', 'a', 'n1')`)
+	e.Recv.WaitRows(t, "/c", 0, 1)
 }
