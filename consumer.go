@@ -28,9 +28,9 @@ type consumer struct {
 	idx     *subs.Index
 	db      *pgxpool.Pool
 	log     *slog.Logger
-	// removeOnDelete removes an owner's subscriptions when its row is
-	// deleted from a watched table (owners.remove_on_delete).
-	removeOnDelete bool
+	// removeOnDelete, when set, removes an owner's subscriptions when its
+	// row is deleted from that table (owners.remove_on_delete).
+	removeOnDelete *mapping.RemoveOnDelete
 	// beforeRoute is a test hook; nil in production.
 	beforeRoute func()
 
@@ -54,10 +54,12 @@ type consumer struct {
 func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, relIDs map[uint32]string) *consumer {
 	watched := map[string]bool{}
 	oc := s.cfg.Mapping.Owners
+	var removeOn *mapping.RemoveOnDelete
 	if oc != nil {
 		for _, t := range oc.Watch {
 			watched[t] = true
 		}
+		removeOn = oc.RemoveOnDelete
 	}
 	owners := acl.NewOwners(ownerLoader{db: db, cfg: oc, m: s.metrics}, 0)
 	log := s.log.With("component", "pipeline")
@@ -76,7 +78,7 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, 
 		idx:            idx,
 		db:             db,
 		log:            log,
-		removeOnDelete: oc != nil && oc.RemoveOnDelete,
+		removeOnDelete: removeOn,
 		beforeRoute:    s.hooks.route,
 		moves:          newMovePairer(r.route, r.table, db),
 		digest:         s.digest,
@@ -161,7 +163,16 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 	case cdc.KindSite:
 		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
 	case cdc.KindInstall:
-		if m.Site != c.digest {
+		if m.Site == c.digest {
+			return nil
+		}
+		// A replay may bring an older install's announcement: what counts
+		// is the config installed now.
+		installed, err := installedDigest(ctx, c.db)
+		if err != nil {
+			return err
+		}
+		if installed != "" && installed != c.digest {
 			// Not sealed: the install's transaction is replayed to the next
 			// pipeline, which runs the installed config or stops.
 			return errReinstalled
@@ -178,7 +189,7 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 			// Owner attributes changed at this point of the stream: every
 			// change after it is judged with freshly loaded ones.
 			c.owners.Invalidate()
-			if m.Change.Op == change.Delete && c.removeOnDelete {
+			if r := c.removeOnDelete; r != nil && m.Change.Op == change.Delete && rel.QualifiedName() == r.Table {
 				if err := c.removeOwner(ctx, m.Change); err != nil {
 					return err
 				}
@@ -227,10 +238,10 @@ func (c *consumer) applySubscription(ch *change.Change) {
 }
 
 // removeOwner removes the subscriptions of an owner whose row was deleted
-// from a watched table (owners.remove_on_delete), taking the owner's id from
-// the row's id column.
+// from owners.remove_on_delete's table, taking the owner's id from its
+// column.
 func (c *consumer) removeOwner(ctx context.Context, ch *change.Change) error {
-	i := ch.Relation.ColumnIndex("id")
+	i := ch.Relation.ColumnIndex(c.removeOnDelete.Column)
 	if i < 0 || i >= len(ch.Old) || ch.Old[i].Kind != change.Text {
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/walhook/walhook/internal/e2e"
 	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/mapping"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -53,6 +54,8 @@ func (e *env) testConfig() Config {
 		AllowHTTP: true, AllowPrivateTargets: true, StandbyInterval: 100 * time.Millisecond,
 		ShutdownTimeout: 10 * time.Second, HeartbeatInterval: 300 * time.Millisecond,
 		MinRestartBackoff: 100 * time.Millisecond, MaxRestartBackoff: time.Second, DriftInterval: 200 * time.Millisecond,
+		// As walhook run does: follow an install of a changed config file.
+		Reload: func() (*mapping.Config, error) { return mapping.Load(e.CfgPath) },
 	}
 }
 

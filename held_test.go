@@ -54,14 +54,16 @@ func replace(t *testing.T, s, old, repl string) string {
 	return strings.Replace(s, old, repl, 1)
 }
 
-// TestRuleTypoHoldsUntilFixed: a typo in an acl rule (owner.tenant for
-// owner.tenants) makes the rule fail for every owner. The deliveries are
-// held, not denied: nothing is sent, the slot moves on, and a start with the
-// fixed config sends them.
-func TestRuleTypoHoldsUntilFixed(t *testing.T) {
+// TestRuleErrorHoldsUntilFixed: a rule that passes every check but fails
+// on the rows it meets (here int() of a status that is not a number; a typo
+// such as owner.tenant is refused by the start's check instead) fails for
+// the owners it does not allow otherwise. Their deliveries are held, not
+// denied: nothing is sent, the slot moves on, and a start with the fixed
+// config sends them.
+func TestRuleErrorHoldsUntilFixed(t *testing.T) {
 	t.Parallel()
 	good := string(demo.Config)
-	typo := strings.ReplaceAll(good, "row.tenant_id in owner.tenants || owner.admin", "row.tenant_id in owner.tenant")
+	typo := strings.Replace(good, "row.tenant_id in owner.tenants || owner.admin", "int(row.status) > 0 || owner.admin", 1)
 	e := newEnv(t, typo)
 	e.SubscribeAs("2", "order.created", "/bob")
 	e.start()
@@ -73,7 +75,7 @@ func TestRuleTypoHoldsUntilFixed(t *testing.T) {
 		t.Fatalf("%d deliveries while held, want none", len(got))
 	}
 	var reason string
-	if err := e.Conn.QueryRow(context.Background(), `SELECT reason FROM walhook.held`).Scan(&reason); err != nil || !strings.Contains(reason, "tenant") {
+	if err := e.Conn.QueryRow(context.Background(), `SELECT reason FROM walhook.held`).Scan(&reason); err != nil || !strings.Contains(reason, "int") {
 		t.Fatalf("held reason %q, %v: want the rule's error", reason, err)
 	}
 
@@ -95,7 +97,8 @@ func TestExcludedColumnRenamedHolds(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
 	e.SubscribeAs("1", "order.created", "/o")
-	e.start()
+	svc := e.start()
+	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })
 	e.Exec(`ALTER TABLE public.orders RENAME COLUMN internal_note TO note_renamed`)
 	e.Exec(`INSERT INTO public.orders (id, tenant_id, total, note_renamed) VALUES (1, 7, 10, 'not for receivers')`)
 	e.waitHeld(1)
@@ -125,7 +128,8 @@ func TestFailingOwnersQueryHoldsOnlyWhatNeedsOwners(t *testing.T) {
 	e := newEnv(t, cfg)
 	e.SubscribeAs("2", "order.created", "/orders")
 	e.SubscribeAs("2", "customer.created", "/customers")
-	e.start()
+	svc := e.start()
+	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })
 	e.Exec(`ALTER TABLE app.users RENAME COLUMN tenant_ids TO tenants_renamed`)
 	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES (1, 7, 10)`)
 	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'flows')`)
@@ -134,8 +138,8 @@ func TestFailingOwnersQueryHoldsOnlyWhatNeedsOwners(t *testing.T) {
 	if got := e.heldRows(); got[0] != "owners held" {
 		t.Fatalf("held %q, want an owners hold", got)
 	}
-	if !e.svc.Health().Ready {
-		t.Fatalf("Health() = %+v: a failing owners query must not stop the pipeline", e.svc.Health())
+	if !svc.Health().Ready {
+		t.Fatalf("Health() = %+v: a failing owners query must not stop the pipeline", svc.Health())
 	}
 	e.Exec(`ALTER TABLE app.users RENAME COLUMN tenants_renamed TO tenant_ids`)
 	if n := e.Count(`SELECT walhook.release_held('public.orders')`); n != 1 {
@@ -148,7 +152,7 @@ func TestFailingOwnersQueryHoldsOnlyWhatNeedsOwners(t *testing.T) {
 // and refuses to discard everything without a filter.
 func TestDiscardHeld(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, strings.ReplaceAll(string(demo.Config), "owner.tenants", "owner.tenantz"))
+	e := newEnv(t, strings.Replace(string(demo.Config), "row.tenant_id in owner.tenants || owner.admin", "int(row.status) > 0 || owner.admin", 1))
 	e.SubscribeAs("2", "order.created", "/o")
 	e.start()
 	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES (1, 7, 10)`)

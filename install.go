@@ -4,16 +4,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/walhook/walhook/acl"
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/subs"
 	"github.com/walhook/walhook/mapping"
@@ -32,12 +33,23 @@ type InstallOptions struct {
 	// RunRole, when set, is granted what `walhook run` needs (it must also
 	// have REPLICATION).
 	RunRole string
+	// DryRun reports what Install would change and changes nothing.
+	DryRun bool
 }
 
 // Install brings the database in line with cfg: schema walhook and its
 // migrations, the events and dialects the config offers, the publication,
 // the replica identity the rules need, and the slot. It is idempotent and
 // returns one readable line per change it made; none when all was in place.
+// Lines starting "warning: " are Check's warnings.
+//
+// Nothing changes unless Check passes: a config mistake, wal_level, a slot
+// of another database, missing privileges or no free slot are reported
+// before the first change. The changes are then made in one transaction
+// (a failure undoes them all), and the slot is created after its commit:
+// PostgreSQL cannot create a logical slot in a transaction that has
+// written. With DryRun that transaction is rolled back instead, and the
+// slot is reported, not created; the lines then say what would change.
 func Install(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts InstallOptions) ([]string, error) {
 	if opts.Slot == "" {
 		opts.Slot = cdc.DefaultSlot
@@ -49,73 +61,51 @@ func Install(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts Inst
 	if err != nil {
 		return nil, err
 	}
-	if err := CheckCatalog(ctx, conn, cfg); err != nil {
-		return nil, err
-	}
-	changes, err := install(ctx, conn, opts, cfg, mapper)
+	warnings, needs, err := check(ctx, conn, cfg, CheckOptions{Slot: opts.Slot})
 	if err != nil {
 		return nil, err
 	}
+	var changes []string
+	for _, w := range warnings {
+		changes = append(changes, "warning: "+w)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin install: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	tc, err := install(ctx, tx, opts, cfg, mapper, needs)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, tc...)
 	if opts.RunRole != "" {
-		gc, err := grantRunRole(ctx, conn, opts.RunRole, cfg)
+		gc, err := grantRunRole(ctx, tx, opts.RunRole, cfg)
 		if err != nil {
 			return nil, err
 		}
 		changes = append(changes, gc...)
 	}
-	return changes, nil
-}
-
-// install brings the database in line with the config: schema, events,
-// dialects, settings, static subscriptions, publication and slot. It returns
-// what it changed.
-func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping.Config, mapper *mapping.Mapper) ([]string, error) {
-	var events []schema.Event
-	for _, e := range mapper.Events() {
-		events = append(events, schema.Event{Name: e.Name, Table: e.Table, Operation: e.Op, Derived: e.Derived})
+	if opts.DryRun {
+		if err := tx.Rollback(ctx); err != nil {
+			return nil, fmt.Errorf("roll back the dry run: %w", err)
+		}
+		if _, err := cdc.Slot(ctx, conn, opts.Slot); errors.Is(err, cdc.ErrSlotMissing) {
+			changes = append(changes, fmt.Sprintf("created replication slot %s", opts.Slot))
+		} else if err != nil {
+			return nil, err
+		}
+		return changes, nil
 	}
-	rep, err := schema.Install(ctx, conn, schema.Options{
-		Events:   events,
-		Dialects: slices.Sorted(maps.Keys(cfg.Dialects)),
-		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP), "config_digest": configDigest(cfg, mapper)},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("install schema: %w", err)
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit install: %w", err)
 	}
-	changes := rep.Changes
-	sc, err := schema.Reconcile(ctx, conn, cfg.Subscriptions)
-	if err != nil {
-		return nil, fmt.Errorf("reconcile static subscriptions: %w", err)
-	}
-	changes = append(changes, sc...)
-	tables := append(mapper.Tables(), cdc.SubscriptionsTable)
-	if cfg.Owners != nil {
-		tables = append(tables, cfg.Owners.Watch...)
-	}
-	tables = slices.Compact(slices.Sorted(slices.Values(tables)))
-	// Before publishing: a published table without a replica identity fails
-	// the application's UPDATE and DELETE.
-	tc, err := ensureTableIdentity(ctx, conn, cfg)
-	if err != nil {
-		return nil, err
-	}
-	changes = append(changes, tc...)
-	pc, err := cdc.EnsurePublication(ctx, conn, c.Publication, tables)
-	if err != nil {
-		return nil, err
-	}
-	changes = append(changes, pc...)
-	ic, err := ensureIdentity(ctx, conn, cfg)
-	if err != nil {
-		return nil, err
-	}
-	changes = append(changes, ic...)
-	created, lsn, err := cdc.EnsureSlot(ctx, conn, c.Slot)
+	created, lsn, err := cdc.EnsureSlot(ctx, conn, opts.Slot)
 	if err != nil {
 		return nil, err
 	}
 	if created {
-		changes = append(changes, fmt.Sprintf("created replication slot %s at %s", c.Slot, lsn))
+		changes = append(changes, fmt.Sprintf("created replication slot %s at %s", opts.Slot, lsn))
 		n, err := subs.Snapshot(ctx, conn, lsn)
 		if err != nil {
 			return nil, err
@@ -124,7 +114,7 @@ func install(ctx context.Context, conn *pgx.Conn, c InstallOptions, cfg *mapping
 			changes = append(changes, fmt.Sprintf("recorded %d existing subscription(s) for the new slot", n))
 		}
 	}
-	if len(changes) > 0 {
+	if len(changes) > len(warnings) {
 		// A running process learns of the install from the stream, in
 		// commit order, and reloads or stops (see Config.Reload).
 		if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, cdc.InstallPrefix, configDigest(cfg, mapper)); err != nil {
@@ -154,53 +144,90 @@ func configDigest(cfg *mapping.Config, mapper *mapping.Mapper) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// ensureIdentity sets REPLICA IDENTITY FULL on the tables whose deletes and
-// updates cannot be judged or placed from the key alone: those whose rules
-// read the old row, and those with a site column (a delete must be delivered
-// at the site the row was at).
-func ensureIdentity(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([]string, error) {
+// install brings the database in line with the config in tx: schema,
+// events, dialects, settings, static subscriptions, publication and replica
+// identity. It returns
+// what it changed.
+func install(ctx context.Context, tx pgx.Tx, c InstallOptions, cfg *mapping.Config, mapper *mapping.Mapper, needs []identityNeed) ([]string, error) {
+	var events []schema.Event
+	for _, e := range mapper.Events() {
+		events = append(events, schema.Event{Name: e.Name, Table: e.Table, Operation: e.Op, Derived: e.Derived})
+	}
+	rep, err := schema.Install(ctx, tx, schema.Options{
+		Events:   events,
+		Dialects: slices.Sorted(maps.Keys(cfg.Dialects)),
+		Settings: map[string]string{"allow_http": strconv.FormatBool(c.AllowHTTP), "config_digest": configDigest(cfg, mapper)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("install schema: %w", err)
+	}
+	changes := rep.Changes
+	sc, err := schema.Reconcile(ctx, tx, cfg.Subscriptions)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile static subscriptions: %w", err)
+	}
+	changes = append(changes, sc...)
+	tables := append(mapper.Tables(), cdc.SubscriptionsTable)
+	if cfg.Owners != nil {
+		tables = append(tables, cfg.Owners.Watch...)
+	}
+	tables = slices.Compact(slices.Sorted(slices.Values(tables)))
+	// Before publishing: a published table without a replica identity fails
+	// the application's UPDATE and DELETE.
+	tc, needs, err := ensureTableIdentity(ctx, tx, cfg, needs)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, tc...)
+	pc, err := cdc.EnsurePublication(ctx, tx, c.Publication, tables)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, pc...)
+	ic, err := ensureIdentity(ctx, tx, needs)
+	if err != nil {
+		return nil, err
+	}
+	return append(changes, ic...), nil
+}
+
+// identitySetting is the walhook.settings key under which install records a
+// table's replica identity before it set FULL, for uninstall to restore.
+const identitySetting = "replica_identity:"
+
+// recordedIdentity is the value of an identitySetting.
+type recordedIdentity struct {
+	Original  string    `json:"original"`        // default, nothing or index
+	Index     string    `json:"index,omitempty"` // for index: the index's name
+	ChangedAt time.Time `json:"changed_at"`
+}
+
+var identityNames = map[string]string{"d": "default", "n": "nothing", "i": "index", "f": "full"}
+
+// ensureIdentity sets REPLICA IDENTITY FULL on the tables of needs, records
+// each one's original identity in walhook.settings (the first one, when
+// install changed it before) and says so.
+func ensureIdentity(ctx context.Context, tx pgx.Tx, needs []identityNeed) ([]string, error) {
 	var changes []string
-	for _, t := range cfg.Tables {
-		why, err := identityNeeded(ctx, conn, cfg, t)
+	for _, n := range needs {
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+quoteTable(n.table)+" REPLICA IDENTITY FULL"); err != nil {
+			return nil, fmt.Errorf("set replica identity of %s: %w", n.table, err)
+		}
+		rec, err := json.Marshal(recordedIdentity{Original: identityNames[n.original], Index: n.index, ChangedAt: time.Now().UTC()})
 		if err != nil {
 			return nil, err
 		}
-		if why == "" {
-			continue
+		if _, err := tx.Exec(ctx, `INSERT INTO walhook.settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`,
+			identitySetting+n.table, string(rec)); err != nil {
+			return nil, fmt.Errorf("record replica identity of %s: %w", n.table, err)
 		}
-		if _, err := conn.Exec(ctx, "ALTER TABLE "+quoteTable(t.Table)+" REPLICA IDENTITY FULL"); err != nil {
-			return nil, fmt.Errorf("set replica identity of %s: %w", t.Table, err)
+		was := strings.ToUpper(identityNames[n.original])
+		if n.original == "i" {
+			was = "USING INDEX " + n.index
 		}
-		changes = append(changes, fmt.Sprintf("set REPLICA IDENTITY FULL on %s: %s", t.Table, why))
+		changes = append(changes, fmt.Sprintf("set REPLICA IDENTITY FULL on %s (was %s; walhook uninstall restores it): %s", n.table, was, n.why))
 	}
 	return changes, nil
-}
-
-// identityNeeded says why t needs REPLICA IDENTITY FULL and lacks it, or ""
-// when it has it or does not need it.
-func identityNeeded(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, t *mapping.TableConfig) (string, error) {
-	rules, err := acl.Compile(cfg)
-	if err != nil {
-		return "", err
-	}
-	why := ""
-	switch {
-	case rules.NeedsFullIdentity(t.Table):
-		why = "its rules read the row of updates and deletes"
-	case t.Site != "":
-		why = "deletes must carry the site column " + t.Site
-	default:
-		return "", nil
-	}
-	var ident string
-	err = conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = $1::text::regclass`, quoteTable(t.Table)).Scan(&ident)
-	if err != nil {
-		return "", fmt.Errorf("read replica identity of %s: %w", t.Table, err)
-	}
-	if ident == "f" {
-		return "", nil
-	}
-	return why, nil
 }
 
 func quoteTable(name string) string {
@@ -212,7 +239,7 @@ func quoteTable(name string) string {
 // walhook tables, a row-level security policy that lets it see every
 // subscription, and SELECT on the tables owners.query reads (the watched
 // ones; a query reading others needs those granted by hand).
-func grantRunRole(ctx context.Context, conn *pgx.Conn, role string, cfg *mapping.Config) ([]string, error) {
+func grantRunRole(ctx context.Context, conn pgx.Tx, role string, cfg *mapping.Config) ([]string, error) {
 	var repl bool
 	err := conn.QueryRow(ctx, `SELECT rolreplication FROM pg_roles WHERE rolname = $1`, role).Scan(&repl)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -341,62 +368,15 @@ func checkInstalled(ctx context.Context, dsn, publication string, mapper *mappin
 	return warnings, nil
 }
 
-// CheckCatalog checks the config's tables and columns against the database.
+// CheckCatalog checks the config's tables and columns against the database;
+// Check checks that and more.
 func CheckCatalog(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) error {
-	var names []string
-	for _, t := range cfg.Tables {
-		names = append(names, t.Table)
-	}
-	if cfg.Owners != nil {
-		names = append(names, cfg.Owners.Watch...)
-	}
-	rows, err := conn.Query(ctx, `
-		SELECT n.nspname || '.' || c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-			coalesce(a.attnum = ANY(i.indkey), false)
-		FROM pg_class c
-		JOIN pg_namespace n ON n.oid = c.relnamespace
-		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-		LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-		WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY($1)
-		ORDER BY 1, a.attnum`, names)
+	cat, err := readCatalog(ctx, conn, cfg)
 	if err != nil {
-		return fmt.Errorf("read catalog: %w", err)
-	}
-	cat := mapping.Catalog{}
-	var table string
-	var col mapping.CatalogColumn
-	_, err = pgx.ForEachRow(rows, []any{&table, &col.Name, &col.Type, &col.NotNull, &col.PrimaryKey}, func() error {
-		cat[table] = append(cat[table], col)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("read catalog: %w", err)
+		return err
 	}
 	if err := cfg.CheckCatalog(cat); err != nil {
 		return err
 	}
 	return checkPartitionMapping(ctx, conn, cfg)
-}
-
-// IdentityWarnings lists the mapped tables that lack the REPLICA IDENTITY
-// FULL their rules or site need, each with why; Install sets it.
-func IdentityWarnings(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([]string, error) {
-	var out []string
-	for _, t := range cfg.Tables {
-		why, err := identityNeeded(ctx, conn, cfg, t)
-		if err != nil {
-			return nil, err
-		}
-		if why != "" {
-			out = append(out, fmt.Sprintf("%s:%d: %s lacks REPLICA IDENTITY FULL, but %s (walhook install sets it)", cfg.File, t.Line, t.Table, why))
-		}
-	}
-	drift, err := identityDrift(ctx, conn, cfg.Tables)
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range drift {
-		out = append(out, fmt.Sprintf("%s: %s is not set (walhook install sets it)", cfg.File, d))
-	}
-	return out, nil
 }

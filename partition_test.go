@@ -13,6 +13,7 @@ import (
 
 	"github.com/walhook/walhook/internal/e2e"
 	"github.com/walhook/walhook/mapping"
+	"github.com/walhook/walhook/schema"
 )
 
 const partitionConfig = `
@@ -180,6 +181,10 @@ tables:
     noun: link
     key: [code]
     acl: "true"
+  - table: public.marks
+    noun: mark
+    key: [code]
+    acl: row.label != 'secret'
 `
 
 const keylessSchema = `
@@ -189,19 +194,23 @@ CREATE UNIQUE INDEX tags_code ON public.tags (code);
 -- Unique but nullable: not usable as a replica identity.
 CREATE TABLE public.links (code text, url text);
 CREATE UNIQUE INDEX links_code ON public.links (code);
+-- A usable key index, but the rule reads label of deleted rows: FULL.
+CREATE TABLE public.marks (code text NOT NULL, label text);
+CREATE UNIQUE INDEX marks_code ON public.marks (code);
 `
 
 // TestKeylessTable maps tables without a primary key: install gives each a
-// replica identity (the unique index on the key when there is a usable one,
-// else FULL), the application's UPDATE and DELETE succeed, and events carry
-// the key.
+// replica identity (the unique index on the key when there is a usable one
+// and the rules need no more, else FULL), the application's UPDATE and
+// DELETE succeed, and events carry the key.
 func TestKeylessTable(t *testing.T) {
 	t.Parallel()
 	e := &env{Env: e2e.NewEnv(t, keylessConfig, keylessSchema)}
 	first := e.install()
 	for _, want := range []string{
-		"set REPLICA IDENTITY FULL on public.links:",
-		"set REPLICA IDENTITY FULL on public.notes:",
+		"set REPLICA IDENTITY FULL on public.links (was DEFAULT",
+		"set REPLICA IDENTITY FULL on public.notes (was DEFAULT",
+		"set REPLICA IDENTITY FULL on public.marks (was DEFAULT",
 		`set REPLICA IDENTITY USING INDEX tags_code on public.tags:`,
 	} {
 		if !slices.ContainsFunc(first, func(l string) bool { return strings.HasPrefix(l, want) }) {
@@ -211,16 +220,17 @@ func TestKeylessTable(t *testing.T) {
 	if again := e.install(); len(again) != 0 {
 		t.Fatalf("second install = %q, want no changes", again)
 	}
-	got := relIdentity(t, e, "public.notes", "public.tags", "public.links")
-	if want := map[string]string{"public.notes": "f", "public.tags": "i", "public.links": "f"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	got := relIdentity(t, e, "public.notes", "public.tags", "public.links", "public.marks")
+	if want := map[string]string{"public.notes": "f", "public.tags": "i", "public.links": "f", "public.marks": "f"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("replica identities = %v, want %v", got, want)
 	}
 
 	e.Subscribe("note.*", "/k")
 	e.Subscribe("tag.*", "/k")
 	e.Subscribe("link.*", "/k")
+	e.Subscribe("mark.*", "/k")
 	e.start()
-	for _, tbl := range []string{"notes", "tags", "links"} {
+	for _, tbl := range []string{"notes", "tags", "links", "marks"} {
 		// The application's own writes: each would fail without a replica
 		// identity ("does not have a replica identity and publishes updates").
 		e.Exec(fmt.Sprintf(`INSERT INTO public.%s VALUES ('a', 'one'), ('b', 'two')`, tbl))
@@ -228,7 +238,7 @@ func TestKeylessTable(t *testing.T) {
 		e.Exec(fmt.Sprintf(`DELETE FROM public.%s WHERE code = 'a'`, tbl))
 	}
 	var want []string
-	for _, noun := range []string{"note", "tag", "link"} {
+	for _, noun := range []string{"note", "tag", "link", "mark"} {
 		want = append(want, noun+".created a", noun+".created b", noun+".updated c", noun+".deleted a")
 	}
 	slices.Sort(want)
@@ -269,14 +279,34 @@ func TestPartitionIdentityWithoutSuperuser(t *testing.T) {
 	for _, tbl := range []string{"items", "items_eu", "items_us", "logs", "logs_2024"} {
 		e.Exec(`ALTER TABLE public.` + tbl + ` OWNER TO ` + qr)
 	}
+	// The schema, as a superuser would have installed it; the role records
+	// the identities it changes.
+	if _, err := schema.Install(ctx, e.Conn, schema.Options{}); err != nil {
+		t.Fatalf("install schema: %v", err)
+	}
+	e.Exec(`GRANT USAGE ON SCHEMA walhook TO ` + qr)
+	e.Exec(`GRANT SELECT, INSERT ON walhook.settings TO ` + qr)
 	conn, err := pgx.Connect(ctx, e2e.DSNAs(t, e.DSN, role))
 	if err != nil {
 		t.Fatalf("connect as %s: %v", role, err)
 	}
 	t.Cleanup(func() { conn.Close(context.WithoutCancel(ctx)) })
+	identity := func(cfg *mapping.Config) ([]string, error) {
+		t.Helper()
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changes, _, err := ensureTableIdentity(ctx, tx, cfg, nil)
+		if err != nil {
+			_ = tx.Rollback(ctx)
+			return nil, err
+		}
+		return changes, tx.Commit(ctx)
+	}
 
 	cfg := e.Config()
-	changes, err := ensureTableIdentity(ctx, conn, cfg)
+	changes, err := identity(cfg)
 	if err != nil {
 		t.Fatalf("ensureTableIdentity() = %v", err)
 	}
@@ -291,7 +321,7 @@ func TestPartitionIdentityWithoutSuperuser(t *testing.T) {
 
 	keyless := *cfg
 	keyless.Tables = []*mapping.TableConfig{{Table: "public.logs", Noun: "log", Key: []string{"id"}, ACL: "true"}}
-	_, err = ensureTableIdentity(ctx, conn, &keyless)
+	_, err = identity(&keyless)
 	if err == nil || !strings.Contains(err.Error(), "cannot map public.logs: a partitioned table without a primary key") {
 		t.Fatalf("ensureTableIdentity(keyless partitioned) = %v, want it refused", err)
 	}
@@ -331,7 +361,7 @@ func TestPartitionTriggerNeverFailsDDL(t *testing.T) {
 	changes := e.install()
 	for _, want := range []string{
 		"walhook._partition_identity() now runs as a superuser",
-		"set REPLICA IDENTITY FULL on partitioned table public.items: public.items_asia:",
+		"set REPLICA IDENTITY FULL on partitioned table public.items: public.items_asia (walhook uninstall restores them):",
 	} {
 		if !slices.ContainsFunc(changes, func(l string) bool { return strings.HasPrefix(l, want) }) {
 			t.Errorf("install = %q, want a line starting %q", changes, want)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/walhook/walhook/internal/demo"
 	"github.com/walhook/walhook/internal/e2e"
-	"github.com/walhook/walhook/mapping"
 )
 
 // auditConfig is the demo config mapping public.audit_log too.
@@ -24,9 +23,8 @@ func auditConfig(t *testing.T) string {
 func TestRunFollowsAnInstall(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	svc := e.start(func(c *Config) {
-		c.Reload = func() (*mapping.Config, error) { return mapping.Load(e.CfgPath) }
-	})
+	svc := e.start() // with Reload, as walhook run
+
 	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })
 	e.writeConfig(auditConfig(t))
 	e.install()
@@ -40,7 +38,7 @@ func TestRunFollowsAnInstall(t *testing.T) {
 func TestRunStopsOnAnInstallItCannotFollow(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	svc := e.newService()
+	svc := e.newService(func(c *Config) { c.Reload = nil })
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(context.Background()) }() //nolint:conc // the test reads Run's error
 	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })

@@ -217,6 +217,9 @@ func (s *Service) Run(ctx context.Context) error {
 		// and checks the slot when it gets one.
 		s.log.Warn("could not check the installation; starting anyway", "err", err)
 	}
+	if err := s.check(hard); err != nil {
+		return err
+	}
 	if err := s.reconcileStatic(hard); err != nil {
 		return err
 	}
@@ -230,6 +233,34 @@ func (s *Service) Run(ctx context.Context) error {
 		s.log.Info("walhook stopped")
 	}
 	return err
+}
+
+// check runs Check at start: a mistake in the config (a column a rule reads
+// that the table lacks, owners.query not fitting) or in the database
+// (wal_level, the slot of another database) is refused up front, before
+// anything is read from the slot; nothing is lost, since the slot keeps the
+// changes. A database that cannot be reached only warns: the pipeline
+// retries the connection.
+func (s *Service) check(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, s.cfg.DatabaseURL)
+	if err != nil {
+		s.log.Warn("could not check the config against the database; starting anyway", "err", err)
+		return nil
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	warnings, err := Check(ctx, conn, s.cfg.Mapping, CheckOptions{Slot: s.cfg.Slot})
+	var cfgErrs mapping.Errors
+	var dbErr DatabaseError
+	switch {
+	case errors.As(err, &cfgErrs) || errors.As(err, &dbErr):
+		return err
+	case err != nil:
+		s.log.Warn("could not check the config against the database; starting anyway", "err", err)
+	}
+	for _, w := range warnings {
+		s.log.Warn(w)
+	}
+	return nil
 }
 
 // reconcileStatic brings the static subscriptions in line with the config

@@ -16,9 +16,21 @@ import (
 // RecentFailures is how many failed attempts Status lists.
 const RecentFailures = 10
 
+// Problems Status reports in StatusReport.Problems, most serious first.
+// walhook status exits non-zero for each (README, "Status").
+const (
+	ProblemNotInstalled = "not_installed" // schema walhook is missing
+	ProblemSlotMissing  = "slot_missing"  // the replication slot does not exist
+	ProblemSlotLost     = "slot_lost"     // the slot's wal_status is lost: changes were missed
+	ProblemNoLeader     = "no_leader"     // no walhook run holds the leader lock
+)
+
 // StatusReport is what walhook status prints; its JSON form is a contract
 // for scripts, so fields are only ever added.
 type StatusReport struct {
+	// Problems lists what stops webhooks from flowing (Problem...
+	// constants), most serious first; empty when all is well.
+	Problems      []string    `json:"problems"`
 	Installed     bool        `json:"installed"`
 	SchemaVersion int         `json:"schema_version"`
 	Slot          *SlotStatus `json:"slot"` // null when the slot is missing
@@ -122,13 +134,14 @@ type FailureStatus struct {
 // in the report, not as an error.
 func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, error) {
 	st := &StatusReport{Subscriptions: map[string]int64{}, Static: []StaticStatus{}, Held: map[string]int64{},
-		Processes: []ProcessStatus{}, RecentFailures: []FailureStatus{}}
+		Processes: []ProcessStatus{}, RecentFailures: []FailureStatus{}, Problems: []string{}}
 	v, err := schema.Version(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
 	st.SchemaVersion, st.Installed = v, v > 0
 	if !st.Installed {
+		st.Problems = append(st.Problems, ProblemNotInstalled)
 		return st, nil
 	}
 
@@ -136,6 +149,7 @@ func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, er
 	switch {
 	case errors.Is(err, cdc.ErrSlotMissing):
 		st.SlotError = err.Error()
+		st.Problems = append(st.Problems, ProblemSlotMissing)
 	case err != nil:
 		return nil, err
 	default:
@@ -149,6 +163,9 @@ func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, er
 		}
 		if walStatus != nil {
 			s.WALStatus = *walStatus
+		}
+		if s.WALStatus == "lost" {
+			st.Problems = append(st.Problems, ProblemSlotLost)
 		}
 		st.Slot = s
 	}
@@ -166,6 +183,7 @@ func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, er
 		LIMIT 1`, int64(key>>32), int64(key&0xffffffff)).Scan(&l.PID, &user, &addr, &app, &l.BackendStart)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
+		st.Problems = append(st.Problems, ProblemNoLeader)
 	case err != nil:
 		return nil, fmt.Errorf("find the leader: %w", err)
 	default:

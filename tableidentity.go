@@ -2,24 +2,22 @@ package walhook
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/walhook/walhook/acl"
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/mapping"
 )
 
 // Replica identity for partitioned and keyless tables.
-//
-// A published table needs a replica identity, or PostgreSQL refuses the
-// application's own UPDATE and DELETE on it ("does not have a replica
-// identity and publishes updates"). A table mapped with `key:` and no
-// primary key has none until install gives it one: REPLICA IDENTITY USING
-// INDEX of a unique, non-partial, immediate index on exactly the key columns,
-// all NOT NULL, when there is one, else FULL.
 //
 // A partitioned table is published via its root (the publication has
 // publish_via_partition_root), so its changes arrive under its own name.
@@ -33,86 +31,61 @@ import (
 // event trigger needs a superuser; without one, install says that partitions
 // added later need install again, and refuses a partitioned table without a
 // primary key, whose new partitions would break the application's writes.
+// Each identity it changes is recorded for uninstall, as ensureIdentity does.
+//
+// A table mapped with `key:` and no primary key has no replica identity, and
+// once published PostgreSQL refuses the application's UPDATE and DELETE on
+// it; identityNeeds lists it for FULL. When a unique, non-partial, immediate
+// index on exactly the key columns, all NOT NULL, exists and is all the
+// table needs (its rules read no other column of deleted rows), install
+// makes that index the replica identity instead: deletes carry the key at
+// less WAL than FULL.
 
 // partitionTrigger is the event trigger install creates on
 // walhook._partition_identity().
 const partitionTrigger = "walhook_partition_identity"
 
-// identityFix is one ALTER TABLE ... REPLICA IDENTITY install makes.
+// identityFix is a relation of a mapped partitioned table that lacks
+// REPLICA IDENTITY FULL.
 type identityFix struct {
-	mapped  string // the mapped table
-	rel     string // the relation to alter, quoted: the table or a partition
-	relName string // rel unquoted, for messages
-	index   string // the index of USING INDEX
-	// partitioned says the mapped table is partitioned: rel is it or one
-	// of its partitions.
-	partitioned bool
+	mapped   string // the mapped table
+	rel      string // the relation to alter, quoted: the table or a partition
+	relName  string // rel unquoted, for messages and the record
+	original string // its relreplident: d, n or i
+	index    string // its replica identity index, for i
 }
 
-func (f identityFix) sql() string {
-	if f.index != "" {
-		return "ALTER TABLE " + f.rel + " REPLICA IDENTITY USING INDEX " + pgx.Identifier{f.index}.Sanitize()
-	}
-	return "ALTER TABLE " + f.rel + " REPLICA IDENTITY FULL"
-}
-
-// what says what f sets, for messages: "FULL" or "USING INDEX name".
-func (f identityFix) what() string {
-	if f.index != "" {
-		return "USING INDEX " + f.index
-	}
-	return "FULL"
-}
-
-// identityPlan is what install must do for the mapped partitioned and keyless
-// tables.
-type identityPlan struct {
+// partitionPlan is what install must do for the mapped partitioned tables.
+type partitionPlan struct {
 	fixes []identityFix
-	// partitioned are the mapped partitioned tables; keylessPartitioned
-	// those of them without a primary key.
-	partitioned, keylessPartitioned []string
+	// partitioned are the mapped partitioned tables; keyless those of them
+	// without a primary key.
+	partitioned, keyless []string
 }
 
-// planTableIdentity reads the catalog for the replica identities the mapped
-// partitioned and keyless tables lack.
-func planTableIdentity(ctx context.Context, conn *pgx.Conn, tables []*mapping.TableConfig) (identityPlan, error) {
-	var p identityPlan
+// planPartitions reads the catalog for the mapped partitioned tables and
+// the relations of theirs that lack REPLICA IDENTITY FULL.
+func planPartitions(ctx context.Context, q cdc.Querier, tables []*mapping.TableConfig) (partitionPlan, error) {
+	var p partitionPlan
 	for _, t := range tables {
-		var kind, ident string
-		var hasPK, hasIdent bool
-		err := conn.QueryRow(ctx, `
-			SELECT c.relkind::text, c.relreplident::text,
-				EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-				EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND
-					CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
-			FROM pg_class c WHERE c.oid = to_regclass($1)`, quoteTable(t.Table)).Scan(&kind, &ident, &hasPK, &hasIdent)
-		if errors.Is(err, pgx.ErrNoRows) {
-			continue // CheckCatalog names it
+		var partitioned, hasPK bool
+		err := q.QueryRow(ctx, `SELECT c.relkind = 'p', EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+			FROM pg_class c WHERE c.oid = to_regclass($1)`, quoteTable(t.Table)).Scan(&partitioned, &hasPK)
+		if errors.Is(err, pgx.ErrNoRows) || err == nil && !partitioned {
+			continue // CheckCatalog names a missing table
 		}
 		if err != nil {
-			return p, fmt.Errorf("read replica identity of %s: %w", t.Table, err)
+			return p, fmt.Errorf("read %s: %w", t.Table, err)
 		}
-		if kind == "p" {
-			p.partitioned = append(p.partitioned, t.Table)
-			if !hasPK {
-				p.keylessPartitioned = append(p.keylessPartitioned, t.Table)
-			}
-			fixes, err := partitionFixes(ctx, conn, t.Table)
-			if err != nil {
-				return p, err
-			}
-			p.fixes = append(p.fixes, fixes...)
-			continue
+		p.partitioned = append(p.partitioned, t.Table)
+		if !hasPK {
+			p.keyless = append(p.keyless, t.Table)
 		}
-		if len(t.Key) == 0 || ident == "f" || hasIdent {
-			// Without key:, CheckCatalog required a primary key.
-			continue
-		}
-		idx, err := keyIndex(ctx, conn, t.Table, t.Key)
+		fixes, err := partitionFixes(ctx, q, t.Table)
 		if err != nil {
 			return p, err
 		}
-		p.fixes = append(p.fixes, identityFix{mapped: t.Table, rel: quoteTable(t.Table), relName: t.Table, index: idx})
+		p.fixes = append(p.fixes, fixes...)
 	}
 	return p, nil
 }
@@ -120,9 +93,11 @@ func planTableIdentity(ctx context.Context, conn *pgx.Conn, tables []*mapping.Ta
 // partitionFixes lists table and those of its partitions, at every level,
 // that lack REPLICA IDENTITY FULL, the root first. Foreign partitions are
 // left out: PostgreSQL publishes nothing of them.
-func partitionFixes(ctx context.Context, conn *pgx.Conn, table string) ([]identityFix, error) {
-	rows, err := conn.Query(ctx, `
-		SELECT n.nspname, c.relname
+func partitionFixes(ctx context.Context, q cdc.Querier, table string) ([]identityFix, error) {
+	rows, err := q.Query(ctx, `
+		SELECT n.nspname, c.relname, c.relreplident::text,
+			coalesce((SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+				WHERE i.indrelid = c.oid AND i.indisreplident), '')
 		FROM pg_partition_tree(to_regclass($1)) t
 		JOIN pg_class c ON c.oid = t.relid
 		JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -132,10 +107,10 @@ func partitionFixes(ctx context.Context, conn *pgx.Conn, table string) ([]identi
 		return nil, fmt.Errorf("read partitions of %s: %w", table, err)
 	}
 	var out []identityFix
-	var schema, name string
-	_, err = pgx.ForEachRow(rows, []any{&schema, &name}, func() error {
+	var schema, name, ident, index string
+	_, err = pgx.ForEachRow(rows, []any{&schema, &name, &ident, &index}, func() error {
 		out = append(out, identityFix{mapped: table, rel: pgx.Identifier{schema, name}.Sanitize(),
-			relName: schema + "." + name, partitioned: true})
+			relName: schema + "." + name, original: ident, index: index})
 		return nil
 	})
 	if err != nil {
@@ -148,9 +123,9 @@ func partitionFixes(ctx context.Context, conn *pgx.Conn, table string) ([]identi
 // identity and covers exactly the key columns: unique, immediate, valid,
 // without a predicate, expressions or included columns, on NOT NULL columns.
 // "" when there is none.
-func keyIndex(ctx context.Context, conn *pgx.Conn, table string, key []string) (string, error) {
+func keyIndex(ctx context.Context, q cdc.Querier, table string, key []string) (string, error) {
 	var name string
-	err := conn.QueryRow(ctx, `
+	err := q.QueryRow(ctx, `
 		SELECT ic.relname
 		FROM pg_index i
 		JOIN pg_class ic ON ic.oid = i.indexrelid
@@ -170,72 +145,148 @@ func keyIndex(ctx context.Context, conn *pgx.Conn, table string, key []string) (
 	return name, nil
 }
 
-// ensureTableIdentity gives the mapped partitioned and keyless tables the
-// replica identity they lack, before they are published, and returns one line
-// per table it changed. It refuses a partitioned table without a primary key
-// when it cannot create the event trigger that covers later partitions.
-func ensureTableIdentity(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) ([]string, error) {
-	p, err := planTableIdentity(ctx, conn, cfg.Tables)
+// ensureTableIdentity runs in install's transaction, before the tables are
+// published: it gives the mapped partitioned tables and their partitions
+// REPLICA IDENTITY FULL, and a keyless table in needs its key index when
+// that is all it needs. It returns what it changed and the needs left for
+// ensureIdentity. It refuses a partitioned table without a primary key when
+// it cannot create the event trigger that covers later partitions.
+func ensureTableIdentity(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, needs []identityNeed) ([]string, []identityNeed, error) {
+	p, err := planPartitions(ctx, tx, cfg.Tables)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var changes identityChanges
-	trigger := false
+	handled := map[string]bool{}
 	if len(p.partitioned) > 0 {
-		ok, err := changes.ensurePartitionTrigger(ctx, conn)
+		trigger, err := changes.ensurePartitionTrigger(ctx, tx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !trigger && len(p.keyless) > 0 {
+			return nil, nil, fmt.Errorf("cannot map %s: a partitioned table without a primary key needs every partition, "+
+				"also those created or attached later, to have a replica identity, or the application's UPDATE and DELETE on "+
+				"them fail; install sets it with an event trigger, which only a superuser can create: run walhook install "+
+				"as a superuser once, or give the table a primary key", strings.Join(p.keyless, ", "))
+		}
+		for _, table := range p.partitioned {
+			handled[table] = true
+			var names []string
+			for _, f := range p.fixes {
+				if f.mapped != table {
+					continue
+				}
+				if _, err := tx.Exec(ctx, "ALTER TABLE "+f.rel+" REPLICA IDENTITY FULL"); err != nil {
+					return nil, nil, fmt.Errorf("set replica identity of %s: %w", f.relName, err)
+				}
+				if err := recordIdentity(ctx, tx, f.relName, f.original, f.index); err != nil {
+					return nil, nil, err
+				}
+				names = append(names, f.relName)
+			}
+			if len(names) == 0 {
+				continue
+			}
+			line := fmt.Sprintf("set REPLICA IDENTITY FULL on partitioned table %s: %s (walhook uninstall restores them): its "+
+				"changes are published under its name with whole old rows, also of rows moved to another partition",
+				table, strings.Join(names, ", "))
+			if !trigger {
+				line += "; partitions created or attached later need walhook install again (the event trigger that " +
+					"would set it needs a superuser)"
+			}
+			changes = append(changes, line)
+		}
+	}
+	ic, err := keyIndexIdentity(ctx, tx, cfg, needs, handled)
+	if err != nil {
+		return nil, nil, err
+	}
+	changes = append(changes, ic...)
+	return changes, slices.DeleteFunc(slices.Clone(needs), func(n identityNeed) bool { return handled[n.table] }), nil
+}
+
+// keyIndexIdentity gives each keyless table of needs (no replica identity,
+// mapped with key:) its key index as replica identity, when there is one and
+// identityNeeds, asked again, then needs nothing more for it; it marks those
+// tables handled. A table that needs more keeps its need for FULL.
+func keyIndexIdentity(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, needs []identityNeed, handled map[string]bool) ([]string, error) {
+	var changes []string
+	var rules *acl.Rules
+	for _, n := range needs {
+		t := tableConfig(cfg, n.table)
+		if handled[n.table] || t == nil || len(t.Key) == 0 || n.original == "i" {
+			continue
+		}
+		var hasPK bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary)`,
+			quoteTable(n.table)).Scan(&hasPK); err != nil {
+			return nil, fmt.Errorf("read primary key of %s: %w", n.table, err)
+		}
+		if hasPK && n.original == "d" {
+			continue // it has an identity: only a rule's needs listed it
+		}
+		idx, err := keyIndex(ctx, tx, n.table, t.Key)
 		if err != nil {
 			return nil, err
 		}
-		if !ok && len(p.keylessPartitioned) > 0 {
-			return nil, fmt.Errorf("cannot map %s: a partitioned table without a primary key needs every partition, "+
-				"also those created or attached later, to have a replica identity, or the application's UPDATE and DELETE on "+
-				"them fail; install sets it with an event trigger, which only a superuser can create: run walhook install "+
-				"as a superuser once, or give the table a primary key", strings.Join(p.keylessPartitioned, ", "))
+		if idx == "" {
+			continue // FULL, by ensureIdentity
 		}
-		trigger = ok
-	}
-	byTable := map[string][]identityFix{}
-	var order []string
-	for _, f := range p.fixes {
-		if _, seen := byTable[f.mapped]; !seen {
-			order = append(order, f.mapped)
-		}
-		byTable[f.mapped] = append(byTable[f.mapped], f)
-	}
-	for _, table := range order {
-		fixes := byTable[table]
-		var names []string
-		for _, f := range fixes {
-			if _, err := conn.Exec(ctx, f.sql()); err != nil {
-				return nil, fmt.Errorf("set replica identity of %s: %w", f.relName, err)
+		if rules == nil {
+			if rules, err = acl.Compile(cfg); err != nil {
+				return nil, err
 			}
-			names = append(names, f.relName)
 		}
-		changes = append(changes, identityLine(fixes, names, trigger))
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("savepoint: %w", err)
+		}
+		if _, err := sp.Exec(ctx, "ALTER TABLE "+quoteTable(n.table)+" REPLICA IDENTITY USING INDEX "+pgx.Identifier{idx}.Sanitize()); err != nil {
+			return nil, fmt.Errorf("set replica identity of %s: %w", n.table, err)
+		}
+		again, err := identityNeeds(ctx, tx.Conn(), cfg, rules)
+		if err != nil {
+			return nil, err
+		}
+		if slices.ContainsFunc(again, func(a identityNeed) bool { return a.table == n.table }) {
+			if err := sp.Rollback(ctx); err != nil {
+				return nil, fmt.Errorf("roll back to savepoint: %w", err)
+			}
+			continue
+		}
+		if err := sp.Commit(ctx); err != nil {
+			return nil, fmt.Errorf("release savepoint: %w", err)
+		}
+		handled[n.table] = true
+		changes = append(changes, fmt.Sprintf("set REPLICA IDENTITY USING INDEX %s on %s: it has no primary key, and without "+
+			"a replica identity PostgreSQL would refuse the application's UPDATE and DELETE once it is published; "+
+			"deletes carry the key %s", idx, n.table, strings.Join(t.Key, ", ")))
 	}
 	return changes, nil
 }
 
-// identityLine says what ensureTableIdentity did for one mapped table.
-func identityLine(fixes []identityFix, names []string, trigger bool) string {
-	f := fixes[0]
-	if f.partitioned {
-		line := fmt.Sprintf("set REPLICA IDENTITY FULL on partitioned table %s: %s: its changes are published under "+
-			"its name with whole old rows, also of rows moved to another partition",
-			f.mapped, strings.Join(names, ", "))
-		if !trigger {
-			line += "; partitions created or attached later need walhook install again (the event trigger that " +
-				"would set it needs a superuser)"
+// tableConfig returns cfg's mapping of table, or nil.
+func tableConfig(cfg *mapping.Config, table string) *mapping.TableConfig {
+	for _, t := range cfg.Tables {
+		if t.Table == table {
+			return t
 		}
-		return line
 	}
-	if f.index == "" {
-		return fmt.Sprintf("set REPLICA IDENTITY FULL on %s: it has no primary key and no unique index on its key "+
-			"columns (all NOT NULL, no predicate), and without a replica identity the application's UPDATE and DELETE "+
-			"would fail once it is published; deletes now carry the whole old row", f.mapped)
+	return nil
+}
+
+// recordIdentity records rel's replica identity before install set FULL,
+// for uninstall to restore, unless one is recorded already.
+func recordIdentity(ctx context.Context, tx pgx.Tx, rel, original, index string) error {
+	rec, err := json.Marshal(recordedIdentity{Original: identityNames[original], Index: index, ChangedAt: time.Now().UTC()})
+	if err != nil {
+		return err
 	}
-	return fmt.Sprintf("set REPLICA IDENTITY %s on %s: it has no primary key, and without a replica identity the "+
-		"application's UPDATE and DELETE would fail once it is published; deletes now carry the key", f.what(), f.mapped)
+	if _, err := tx.Exec(ctx, `INSERT INTO walhook.settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`,
+		identitySetting+rel, string(rec)); err != nil {
+		return fmt.Errorf("record replica identity of %s: %w", rel, err)
+	}
+	return nil
 }
 
 // ensurePartitionTrigger creates the event trigger that passes a partitioned
@@ -245,9 +296,9 @@ func identityLine(fixes []identityFix, names []string, trigger bool) string {
 // as its owner, who must be able to alter any partition: a superuser. It is
 // owned by whoever applied migration 0040, so a superuser creating the
 // trigger takes it over.
-func (changes *identityChanges) ensurePartitionTrigger(ctx context.Context, conn *pgx.Conn) (ok bool, err error) {
+func (changes *identityChanges) ensurePartitionTrigger(ctx context.Context, q cdc.Querier) (ok bool, err error) {
 	var exists, super, ownerSuper bool
-	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
+	err = q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
 		(SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
 		coalesce((SELECT r.rolsuper FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
 			WHERE p.oid = to_regprocedure('walhook._partition_identity()')), false)`, partitionTrigger).Scan(&exists, &super, &ownerSuper)
@@ -258,7 +309,7 @@ func (changes *identityChanges) ensurePartitionTrigger(ctx context.Context, conn
 		return exists, nil
 	}
 	if !ownerSuper {
-		if _, err := conn.Exec(ctx, `ALTER FUNCTION walhook._partition_identity() OWNER TO CURRENT_USER`); err != nil {
+		if _, err := q.Exec(ctx, `ALTER FUNCTION walhook._partition_identity() OWNER TO CURRENT_USER`); err != nil {
 			return false, fmt.Errorf("own walhook._partition_identity(): %w", err)
 		}
 		*changes = append(*changes, "walhook._partition_identity() now runs as a superuser, so that it can alter every partition")
@@ -266,7 +317,7 @@ func (changes *identityChanges) ensurePartitionTrigger(ctx context.Context, conn
 	if exists {
 		return true, nil
 	}
-	_, err = conn.Exec(ctx, `CREATE EVENT TRIGGER `+partitionTrigger+` ON ddl_command_end
+	_, err = q.Exec(ctx, `CREATE EVENT TRIGGER `+partitionTrigger+` ON ddl_command_end
 		WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') EXECUTE FUNCTION walhook._partition_identity()`)
 	if err != nil {
 		return false, fmt.Errorf("create event trigger %s: %w", partitionTrigger, err)
@@ -279,22 +330,21 @@ func (changes *identityChanges) ensurePartitionTrigger(ctx context.Context, conn
 // identityChanges are the lines ensureTableIdentity returns.
 type identityChanges []string
 
-// identityDrift lists, for `check` and `run`, the replica identities install
-// would set on the mapped partitioned and keyless tables: partitions
-// attached without the event trigger, or tables installed by an older
-// walhook.
-func identityDrift(ctx context.Context, conn *pgx.Conn, tables []*mapping.TableConfig) ([]string, error) {
-	p, err := planTableIdentity(ctx, conn, tables)
+// identityDrift lists, for `check` and `run`, the relations of mapped
+// partitioned tables that lack the REPLICA IDENTITY FULL install gives them:
+// partitions added without the event trigger, or tables installed by an
+// older walhook.
+func identityDrift(ctx context.Context, q cdc.Querier, tables []*mapping.TableConfig) ([]string, error) {
+	p, err := planPartitions(ctx, q, tables)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, f := range p.fixes {
-		switch {
-		case f.partitioned && f.relName != f.mapped:
+		if f.relName == f.mapped {
+			out = append(out, "REPLICA IDENTITY FULL on partitioned table "+f.relName)
+		} else {
 			out = append(out, fmt.Sprintf("REPLICA IDENTITY FULL on %s (a partition of %s)", f.relName, f.mapped))
-		default:
-			out = append(out, fmt.Sprintf("REPLICA IDENTITY %s on %s", f.what(), f.relName))
 		}
 	}
 	return out, nil

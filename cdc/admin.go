@@ -34,11 +34,18 @@ func quoteQualified(name string) string {
 // pg_publication_tables lists it rather than its partitions).
 const publishOptions = "publish = 'insert, update, delete', publish_via_partition_root = true"
 
+// Querier is a *pgx.Conn or a pgx.Tx.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
 // EnsurePublication creates the publication for tables or brings its table list
 // in line, publishing inserts, updates and deletes only, partitions via their
 // root. It returns what it changed; nothing when the publication is already
-// right.
-func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []string) ([]string, error) {
+// right. conn may be a transaction: publications are transactional.
+func EnsurePublication(ctx context.Context, conn Querier, name string, tables []string) ([]string, error) {
 	want := slices.Clone(tables)
 	slices.Sort(want)
 	want = slices.Compact(want)

@@ -74,13 +74,24 @@ type Owners struct {
 	Query string
 	// Watch lists schema-qualified tables whose changes refresh cached owners.
 	Watch []string
-	// RemoveOnDelete removes an owner's subscriptions when a watched row of
-	// that owner is deleted.
-	RemoveOnDelete bool
+	// RemoveOnDelete, when set, removes an owner's subscriptions when a row
+	// is deleted from its Table: the row's Column holds the owner id.
+	RemoveOnDelete *RemoveOnDelete
 	Line           int // line of the owners block
 	QueryLine      int // line of the query, for SQL errors found at run time
 
 	watchLines []int
+}
+
+// RemoveOnDelete names the table whose deleted rows are owners, and the
+// column holding the owner id: `remove_on_delete: {table: app.users,
+// column: id}`. Table is one of owners.watch.
+type RemoveOnDelete struct {
+	Table  string
+	Column string
+	Line   int // line of the remove_on_delete key
+	// ColumnLine is the line of the column setting, for CheckCatalog.
+	ColumnLine int
 }
 
 // TableConfig maps one table to events.
@@ -335,13 +346,56 @@ func (p *parser) owners(k, v *yaml.Node) *Owners {
 				}
 			}
 		case "remove_on_delete":
-			o.RemoveOnDelete = p.boolean(v, "owners.remove_on_delete")
+			o.RemoveOnDelete = p.removeOnDelete(k, v)
 		}
 	})
 	if !sawQuery && v.Kind == yaml.MappingNode {
 		p.add(v.Line, "owners.query", "required when owners is set: SQL taking the owner ids as $1")
 	}
+	if r := o.RemoveOnDelete; r != nil && r.Table != "" && !slices.Contains(o.Watch, r.Table) {
+		p.add(r.Line, "owners.remove_on_delete.table", fmt.Sprintf("%s is not in owners.watch: deletes reach walhook only from watched tables; add it to owners.watch", r.Table))
+	}
 	return o
+}
+
+// removeOnDelete reads `remove_on_delete: {table: app.users, column: id}`.
+// The boolean form, which took the id column of a row deleted from any
+// watched table as an owner id, is refused with the way to write it.
+func (p *parser) removeOnDelete(k, v *yaml.Node) *RemoveOnDelete {
+	const field = "owners.remove_on_delete"
+	if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!bool" {
+		if v.Value == "false" || v.Value == "False" || v.Value == "FALSE" {
+			p.add(v.Line, field, "the boolean form is gone: leave remove_on_delete out to keep subscriptions of deleted owners")
+			return nil
+		}
+		p.add(v.Line, field, "the boolean form is gone: name the table whose deleted rows are owners and the column holding the owner id, "+
+			"e.g. remove_on_delete: {table: app.users, column: id} (it used the id column of a row deleted from any watched table)")
+		return nil
+	}
+	if isMissing(v) || v.Kind != yaml.MappingNode {
+		p.add(v.Line, field, "want {table: schema.table, column: name}, e.g. remove_on_delete: {table: app.users, column: id}; got "+describe(v))
+		return nil
+	}
+	r := &RemoveOnDelete{Line: k.Line}
+	p.fields(v, field, []string{"table", "column"}, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "table":
+			r.Table, _ = p.str(v, field+".table")
+			if !qualified(r.Table) {
+				p.add(v.Line, field+".table", fmt.Sprintf("%q is not schema-qualified (want schema.table, one of owners.watch)", r.Table))
+			}
+		case "column":
+			r.Column, _ = p.str(v, field+".column")
+			r.ColumnLine = v.Line
+		}
+	})
+	if r.Table == "" {
+		p.add(r.Line, field+".table", "required: the watched table whose deleted rows are owners, e.g. app.users")
+	}
+	if r.Column == "" {
+		p.add(r.Line, field+".column", "required: the column of that table holding the owner id, e.g. id")
+	}
+	return r
 }
 
 var tableKeys = []string{"table", "noun", "key", "site", "verbs", "columns", "acl", "events", "payload"}
@@ -641,14 +695,6 @@ func (p *parser) strList(v *yaml.Node, path string) ([]string, []int) {
 		lines = append(lines, item.Line)
 	}
 	return out, lines
-}
-
-func (p *parser) boolean(v *yaml.Node, path string) bool {
-	var b bool
-	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" || v.Decode(&b) != nil {
-		p.add(v.Line, path, "want true or false, got "+describe(v))
-	}
-	return b
 }
 
 // count reads a whole number of at least least.

@@ -22,7 +22,8 @@ func TestLoadExample(t *testing.T) {
 		t.Fatalf("File = %q, want %q", cfg.File, examplePath)
 	}
 	if cfg.Owners == nil || !strings.Contains(cfg.Owners.Query, "= ANY($1)") ||
-		!slices.Equal(cfg.Owners.Watch, []string{"app.users"}) || !cfg.Owners.RemoveOnDelete {
+		!slices.Equal(cfg.Owners.Watch, []string{"app.users"}) || cfg.Owners.RemoveOnDelete == nil ||
+		*cfg.Owners.RemoveOnDelete != (RemoveOnDelete{Table: "app.users", Column: "id", Line: 16, ColumnLine: 16}) {
 		t.Fatalf("Owners = %+v, want the app.users query, watch and remove_on_delete", cfg.Owners)
 	}
 	var tables []string
@@ -271,7 +272,10 @@ func TestLoadBadFiles(t *testing.T) {
 		{"bad-owners.yaml", []string{
 			`2: owners.query: does not use $1 (walhook passes the owner ids to load as $1, a text[])`,
 			`3: owners.watch[0]: "users" is not schema-qualified (want schema.table)`,
-			`4: owners.remove_on_delete: want true or false, got "sometimes"`,
+			`4: owners.remove_on_delete: want {table: schema.table, column: name}, e.g. remove_on_delete: {table: app.users, column: id}; got "sometimes"`,
+		}},
+		{"bad-remove-on-delete.yaml", []string{
+			`4: owners.remove_on_delete: the boolean form is gone: name the table whose deleted rows are owners and the column holding the owner id, e.g. remove_on_delete: {table: app.users, column: id} (it used the id column of a row deleted from any watched table)`,
 		}},
 		{"bad-required.yaml", []string{
 			`2: tables[0].table: required: the schema-qualified table to map, e.g. public.orders`,
@@ -607,5 +611,51 @@ func TestCheckCatalog(t *testing.T) {
 				t.Fatalf("CheckCatalog() =\n%v\nwant\n%s", err, strings.Join(tc.want, "\n"))
 			}
 		})
+	}
+}
+
+func TestRemoveOnDelete(t *testing.T) {
+	t.Parallel()
+	const head = "owners:\n  query: SELECT id::text AS id FROM app.users WHERE id::text = ANY($1)\n  watch: [app.users, app.memberships]\n"
+	const tables = "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n"
+	tests := []struct {
+		name, line string
+		want       string // "" for success
+	}{
+		{"table and column", "  remove_on_delete: {table: app.users, column: id}\n", ""},
+		{"table not watched", "  remove_on_delete: {table: app.people, column: id}\n",
+			"walhook.yaml:4: owners.remove_on_delete.table: app.people is not in owners.watch: deletes reach walhook only from watched tables; add it to owners.watch"},
+		{"no column", "  remove_on_delete: {table: app.users}\n",
+			"walhook.yaml:4: owners.remove_on_delete.column: required: the column of that table holding the owner id, e.g. id"},
+		{"false", "  remove_on_delete: false\n",
+			"walhook.yaml:4: owners.remove_on_delete: the boolean form is gone: leave remove_on_delete out to keep subscriptions of deleted owners"},
+		{"unknown key", "  remove_on_delete: {table: app.users, colum: id}\n",
+			`walhook.yaml:4: owners.remove_on_delete.colum: unknown key "colum" (allowed: table, column); did you mean "column"?`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("walhook.yaml", []byte(head+tc.line+tables))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Parse() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse() = %v, want %q", err, tc.want)
+			}
+		})
+	}
+
+	cfg, err := Parse("walhook.yaml", []byte(head+"  remove_on_delete: {table: app.users, column: user_id}\n"+tables))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat := Catalog{"public.orders": {{Name: "id", PrimaryKey: true}}, "app.users": {{Name: "id"}, {Name: "name"}},
+		"app.memberships": {{Name: "id"}, {Name: "user_id"}}}
+	err = cfg.CheckCatalog(cat)
+	want := `walhook.yaml:4: owners.remove_on_delete.column: column "user_id" does not exist in app.users (columns: id, name)`
+	if err == nil || err.Error() != want {
+		t.Fatalf("CheckCatalog() = %v, want %s", err, want)
 	}
 }

@@ -120,3 +120,8 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// Suggest returns `; did you mean "x"?` for the candidate closest to s, if
+// one is close enough to be a typo, or "". Other packages checking names
+// against the database (acl, the root package) word their hints the same way.
+func Suggest(s string, candidates []string) string { return suggest(s, candidates) }

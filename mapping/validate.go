@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -281,6 +282,17 @@ func (c *Config) CheckCatalog(cat Catalog) error {
 					line = o.watchLines[i]
 				}
 				col.add(line, index("owners.watch", i), fmt.Sprintf("table %s does not exist%s", w, suggestTable(w, cat)))
+			}
+		}
+		if r := o.RemoveOnDelete; r != nil {
+			if cols, ok := cat[r.Table]; ok {
+				var names []string
+				for _, cc := range cols {
+					names = append(names, cc.Name)
+				}
+				if !slices.Contains(names, r.Column) {
+					col.add(cmp.Or(r.ColumnLine, r.Line), "owners.remove_on_delete.column", unknownColumn(r.Column, r.Table, names))
+				}
 			}
 		}
 	}

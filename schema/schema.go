@@ -77,13 +77,13 @@ type Report struct {
 
 // Install applies pending migrations and synchronises events, dialects and
 // settings, all in one transaction under the install lock.
-func Install(ctx context.Context, conn *pgx.Conn, opts Options) (*Report, error) {
+func Install(ctx context.Context, conn Beginner, opts Options) (*Report, error) {
 	return install(ctx, conn, opts, 0)
 }
 
 // install is Install applying migrations up to version upTo only (0 for
 // all), so that tests can upgrade an installation with data in it.
-func install(ctx context.Context, conn *pgx.Conn, opts Options, upTo int) (*Report, error) {
+func install(ctx context.Context, conn Beginner, opts Options, upTo int) (*Report, error) {
 	migs, err := Migrations()
 	if err != nil {
 		return nil, err

@@ -14,8 +14,9 @@ import (
 // "whstatic" as bytes.
 const reconcileLockKey int64 = 0x7768737461746963
 
-// Beginner is what Reconcile needs of a connection: *pgx.Conn, *pgxpool.Pool
-// and pgx.Tx all have it.
+// Beginner is what Install and Reconcile need of a connection:
+// *pgx.Conn, *pgxpool.Pool and pgx.Tx all have it. In a pgx.Tx their
+// transaction is a savepoint, so a caller can roll a whole install back.
 type Beginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }

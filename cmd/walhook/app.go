@@ -26,16 +26,20 @@ func exitCode(err error) int {
 	if errors.As(err, &ue) || errors.Is(err, pflag.ErrHelp) {
 		return 2
 	}
+	var se statusError
+	if errors.As(err, &se) {
+		return se.code
+	}
 	return 1
 }
 
 const usage = `walhook turns committed PostgreSQL row changes into webhooks.
 
 Usage:
-  walhook install   --database-url URL --config walhook.yaml
+  walhook install   --database-url URL --config walhook.yaml [--dry-run]
   walhook run       --database-url URL --config walhook.yaml
   walhook check     --config walhook.yaml [--database-url URL]
-  walhook status    --database-url URL
+  walhook status    --database-url URL [--json]   (exits 3, 4 or 5 on a problem)
   walhook uninstall --database-url URL [--drop-schema]
   walhook demo      [--keep]
   walhook bench     [--database-url URL] [--rows N] [--rss-rows N] [--json]

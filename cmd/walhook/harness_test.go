@@ -11,6 +11,7 @@ import (
 	"github.com/walhook/walhook"
 	"github.com/walhook/walhook/internal/e2e"
 	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/mapping"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -37,6 +38,7 @@ func (e *env) start() {
 	svc, err := walhook.New(walhook.Config{
 		DatabaseURL: e.DSN, Mapping: e.Config(), Slot: e.Slot, AllowHTTP: true, AllowPrivateTargets: true,
 		StandbyInterval: 100 * time.Millisecond, ShutdownTimeout: 10 * time.Second, HeartbeatInterval: 300 * time.Millisecond,
+		Reload: func() (*mapping.Config, error) { return mapping.Load(e.CfgPath) },
 	}, logger)
 	if err != nil {
 		e.T.Fatalf("New: %v", err)

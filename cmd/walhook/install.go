@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook"
 	"github.com/walhook/walhook/acl"
-	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -17,6 +18,7 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var c common
 	fs := newFlags("install", stderr, &c, "database-url", "config", "slot", "publication", "allow-http", "log-format")
 	runRole := fs.String("run-role", "", "grant this role what walhook run needs (it must also have REPLICATION)")
+	dryRun := fs.Bool("dry-run", false, "print what install would change, and change nothing")
 	if err := fs.parse(args, true); err != nil {
 		return err
 	}
@@ -30,15 +32,23 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	changes, err := walhook.Install(ctx, conn, cfg, walhook.InstallOptions{
-		Slot: c.Slot, Publication: c.Publication, AllowHTTP: c.AllowHTTP, RunRole: *runRole})
+		Slot: c.Slot, Publication: c.Publication, AllowHTTP: c.AllowHTTP, RunRole: *runRole, DryRun: *dryRun})
 	if err != nil {
 		return err
 	}
-	if len(changes) == 0 {
+	changed := slices.ContainsFunc(changes, func(ch string) bool { return !strings.HasPrefix(ch, "warning: ") })
+	switch {
+	case *dryRun && changed:
+		fmt.Fprintln(stdout, "dry run, nothing changed; install would make these changes:")
+	case *dryRun:
+		fmt.Fprintln(stdout, "dry run: walhook is installed and up to date; install would change nothing")
+	case !changed:
 		fmt.Fprintln(stdout, "walhook is installed and up to date; nothing changed")
-		return nil
 	}
 	for _, ch := range changes {
+		if *dryRun && !strings.HasPrefix(ch, "warning: ") {
+			ch = "  " + ch
+		}
 		fmt.Fprintln(stdout, ch)
 	}
 	return nil
@@ -68,7 +78,7 @@ func loadConfigRules(path string) (*mapping.Config, *mapping.Mapper, *acl.Rules,
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c common
-	fs := newFlags("check", stderr, &c, "database-url", "config")
+	fs := newFlags("check", stderr, &c, "database-url", "config", "slot")
 	if err := fs.parse(args, false); err != nil {
 		return err
 	}
@@ -82,10 +92,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("connect: %w", err)
 		}
 		defer conn.Close(context.WithoutCancel(ctx))
-		if err := walhook.CheckCatalog(ctx, conn, cfg); err != nil {
-			return err
-		}
-		warnings, err := walhook.IdentityWarnings(ctx, conn, cfg)
+		warnings, err := walhook.Check(ctx, conn, cfg, walhook.CheckOptions{Slot: c.Slot})
 		if err != nil {
 			return err
 		}
@@ -119,29 +126,12 @@ func cmdUninstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	dropped, err := cdc.DropSlot(ctx, conn, c.Slot)
+	changes, err := walhook.Uninstall(ctx, conn, walhook.UninstallOptions{Slot: c.Slot, Publication: c.Publication, DropSchema: *dropSchema})
 	if err != nil {
 		return err
 	}
-	if dropped {
-		fmt.Fprintf(stdout, "dropped replication slot %s\n", c.Slot)
-	}
-	if err := cdc.DropPublication(ctx, conn, c.Publication); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "dropped publication %s\n", c.Publication)
-	line, err := walhook.DropPartitionTrigger(ctx, conn)
-	if err != nil {
-		return err
-	}
-	if line != "" {
-		fmt.Fprintln(stdout, line)
-	}
-	if *dropSchema {
-		if _, err := conn.Exec(ctx, `DROP SCHEMA IF EXISTS walhook CASCADE`); err != nil {
-			return fmt.Errorf("drop schema walhook: %w", err)
-		}
-		fmt.Fprintln(stdout, "dropped schema walhook")
+	for _, ch := range changes {
+		fmt.Fprintln(stdout, ch)
 	}
 	return nil
 }

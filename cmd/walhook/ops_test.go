@@ -59,7 +59,10 @@ func TestStatusJSON(t *testing.T) {
 	if len(st.RecentFailures) == 0 || st.RecentFailures[0].ResponseStatus == nil || *st.RecentFailures[0].ResponseStatus != 503 {
 		t.Fatalf("recent_failures = %+v, want the 503", st.RecentFailures)
 	}
-	for _, field := range []string{`"slot"`, `"leader"`, `"subscriptions"`, `"deliveries"`, `"recent_failures"`, `"lag_bytes"`} {
+	if len(st.Problems) != 0 {
+		t.Fatalf("problems = %q, want none", st.Problems)
+	}
+	for _, field := range []string{`"problems"`, `"slot"`, `"leader"`, `"subscriptions"`, `"deliveries"`, `"recent_failures"`, `"lag_bytes"`} {
 		if !strings.Contains(out.String(), field) {
 			t.Errorf("status --json has no %s field:\n%s", field, out.String())
 		}
@@ -74,5 +77,51 @@ func TestStatusJSON(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status text has no %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestStatusExitCodes: walhook status exits 3 when walhook is not
+// installed, 4 when the slot is missing, 5 when no process leads, after
+// printing the report.
+func TestStatusExitCodes(t *testing.T) {
+	t.Parallel()
+	status := func(t *testing.T, dsn, slot string, asJSON bool) (string, error) {
+		t.Helper()
+		args := []string{"status", "--database-url", dsn, "--slot", slot}
+		if asJSON {
+			args = append(args, "--json")
+		}
+		var out, errb bytes.Buffer
+		err := run(context.Background(), args, &out, &errb)
+		return out.String(), err
+	}
+	expect := func(t *testing.T, out string, err error, code int, problem, msg string) {
+		t.Helper()
+		if err == nil || exitCode(err) != code || !strings.Contains(err.Error(), msg) {
+			t.Fatalf("status = %v (exit %d), want exit %d with %q", err, exitCode(err), code, msg)
+		}
+		if problem != "" && !strings.Contains(out, `"problems": [`+"\n"+`    "`+problem+`"`) {
+			t.Fatalf("status --json:\n%s\nwant problems [%q]", out, problem)
+		}
+	}
+
+	bare := e2e.NewEnv(t, "")
+	out, err := status(t, bare.DSN, bare.Slot, false)
+	expect(t, out, err, 3, "", "walhook is not installed in this database: run walhook install")
+	if !strings.Contains(out, "walhook is not installed") {
+		t.Fatalf("status printed %q, want the report first", out)
+	}
+	out, err = status(t, bare.DSN, bare.Slot, true)
+	expect(t, out, err, 3, "not_installed", "not installed")
+
+	e := newEnv(t, "")
+	out, err = status(t, e.DSN, e.Slot, true)
+	expect(t, out, err, 5, "no_leader", "no walhook run leads")
+	out, err = status(t, e.DSN, "no_such_slot", true)
+	expect(t, out, err, 4, "slot_missing", "the replication slot does not exist")
+	out, err = status(t, e.DSN, "no_such_slot", false)
+	expect(t, out, err, 4, "", "run walhook install to create it")
+	if !strings.Contains(out, "LEADER") {
+		t.Fatalf("status printed %q, want the whole report before the exit", out)
 	}
 }

@@ -24,9 +24,11 @@ func TestCheckCommand(t *testing.T) {
 		exitCode int
 	}{
 		{name: "valid", config: string(demo.Config), withDB: true, wantOut: "ok: 2 table(s)"},
-		{name: "warns of a missing replica identity", config: string(demo.Config), withDB: true, wantOut: "public.orders lacks REPLICA IDENTITY FULL, but its rules read the row"},
+		{name: "warns of a missing replica identity", config: string(demo.Config), withDB: true, wantOut: "public.orders lacks REPLICA IDENTITY FULL, but its rules read old.status (updates carry the old row only under FULL)"},
 		{name: "unknown key", config: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    colour: red\n", wantErr: `walhook.yaml:5: tables[0].colour: unknown key`, exitCode: 1},
 		{name: "unknown column with database", config: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    columns: {exclude: [nope]}\n", withDB: true, wantErr: `walhook.yaml:5: tables[0].columns.exclude`, exitCode: 1},
+		{name: "a typo in a rule", config: strings.Replace(string(demo.Config), "row.tenant_id in owner.tenants", "row.tenant_id in owner.tenant", 1), withDB: true,
+			wantErr: `walhook.yaml:14: tables[0].acl: column 18: owner.tenant: owners.query returns no column "tenant"; did you mean "tenants"?`, exitCode: 1},
 		{name: "unknown table with database", config: "tables:\n  - table: public.ordres\n    noun: order\n    acl: 'true'\n", withDB: true, wantErr: `walhook.yaml:2: tables[0].table`, exitCode: 1},
 	}
 	for _, tc := range tests {
@@ -35,7 +37,7 @@ func TestCheckCommand(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.config), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			args := []string{"check", "--config", path}
+			args := []string{"check", "--config", path, "--slot", e.Slot}
 			if tc.withDB {
 				args = append(args, "--database-url", e.DSN)
 			}
@@ -92,6 +94,13 @@ func TestUninstall(t *testing.T) {
 	if slots != 0 || pubs != 0 || !schemaLeft {
 		t.Fatalf("after uninstall: slots %d, publications %d, schema kept %v; want 0, 0, true", slots, pubs, schemaLeft)
 	}
+	if !strings.Contains(out.String(), "restored REPLICA IDENTITY DEFAULT on public.orders (walhook install had set FULL)") {
+		t.Fatalf("uninstall printed:\n%s\nwant the restored replica identity of public.orders", out.String())
+	}
+	var ident string
+	if err := e.Conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = 'public.orders'::regclass`).Scan(&ident); err != nil || ident != "d" {
+		t.Fatalf("replica identity of public.orders after uninstall = %q, %v; want d", ident, err)
+	}
 	if err := run(ctx, []string{"uninstall", "--database-url", e.DSN, "--slot", e.Slot, "--drop-schema"}, &out, &errOut); err != nil {
 		t.Fatalf("uninstall --drop-schema: %v", err)
 	}
@@ -112,5 +121,34 @@ func TestFlagsRefuseBadNames(t *testing.T) {
 		if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "lower-case letters, digits and _") {
 			t.Fatalf("run(%q) = %v (exit %d), want a usage error naming the rule", args, err, exitCode(err))
 		}
+	}
+}
+
+func TestInstallDryRun(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	ctx := context.Background()
+	e.Exec(`ALTER TABLE public.orders REPLICA IDENTITY DEFAULT`)
+	var out, errOut bytes.Buffer
+	args := []string{"install", "--database-url", e.DSN, "--config", e.CfgPath, "--slot", e.Slot, "--allow-http", "--dry-run"}
+	if err := run(ctx, args, &out, &errOut); err != nil {
+		t.Fatalf("install --dry-run: %v (%s)", err, errOut.String())
+	}
+	want := "dry run, nothing changed; install would make these changes:\n" +
+		"  set REPLICA IDENTITY FULL on public.orders (was DEFAULT; walhook uninstall restores it): its rules read old.status (updates carry the old row only under FULL)\n"
+	if out.String() != want {
+		t.Fatalf("install --dry-run printed:\n%s\nwant:\n%s", out.String(), want)
+	}
+	var ident string
+	if err := e.Conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = 'public.orders'::regclass`).Scan(&ident); err != nil || ident != "d" {
+		t.Fatalf("replica identity of public.orders after a dry run = %q, %v; want d (unchanged)", ident, err)
+	}
+	out.Reset()
+	if err := run(ctx, args[:len(args)-1], &out, &errOut); err != nil || !strings.HasPrefix(out.String(), "set REPLICA IDENTITY FULL on public.orders") {
+		t.Fatalf("install = %v, printed %q; want the replica identity change", err, out.String())
+	}
+	out.Reset()
+	if err := run(ctx, args, &out, &errOut); err != nil || out.String() != "dry run: walhook is installed and up to date; install would change nothing\n" {
+		t.Fatalf("install --dry-run when up to date = %v, printed %q", err, out.String())
 	}
 }

@@ -78,3 +78,13 @@ BEGIN
 END $$;
 
 REVOKE ALL ON FUNCTION walhook.release_held(text, text), walhook.discard_held(bigint, text, text) FROM PUBLIC;
+
+-- Operators acting for every owner may release and discard.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'walhook_admin') THEN
+        GRANT EXECUTE ON FUNCTION walhook.release_held(text, text), walhook.discard_held(bigint, text, text) TO walhook_admin;
+        GRANT SELECT (id, created_at, updated_at, cause, reason, table_name, subscription_id, owner, event, event_id,
+            commit_lsn, committed_at, status, release_requested_at, resolved_at, resolution) ON walhook.held TO walhook_admin;
+    END IF;
+END $$;
