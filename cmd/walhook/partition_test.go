@@ -56,11 +56,13 @@ tables:
 }
 
 // TestUninstallDropsPartitionTrigger: uninstall drops the event trigger
-// install created for a mapped partitioned table.
+// install created for a mapped partitioned table, and restores the replica
+// identity of the table and its partitions.
 func TestUninstallDropsPartitionTrigger(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "tables:\n  - table: public.items\n    noun: item\n    acl: 'true'\n",
-		`CREATE TABLE public.items (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region)`)
+		`CREATE TABLE public.items (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+		CREATE TABLE public.items_eu PARTITION OF public.items FOR VALUES IN ('eu')`)
 	ctx := context.Background()
 	var out, errOut bytes.Buffer
 	if err := run(ctx, []string{"uninstall", "--database-url", e.DSN, "--slot", e.Slot}, &out, &errOut); err != nil {
@@ -71,5 +73,8 @@ func TestUninstallDropsPartitionTrigger(t *testing.T) {
 	}
 	if n := e.Count(`SELECT count(*) FROM pg_event_trigger WHERE evtname = 'walhook_partition_identity'`); n != 0 {
 		t.Fatalf("event triggers left = %d, want 0", n)
+	}
+	if n := e.Count(`SELECT count(*) FROM pg_class WHERE relname IN ('items', 'items_eu') AND relreplident = 'd'`); n != 2 {
+		t.Fatalf("tables back at REPLICA IDENTITY DEFAULT = %d, want 2 (%s)", n, out.String())
 	}
 }
