@@ -21,7 +21,7 @@ fuzz: ## fuzz each decoder and parser for 30 seconds
 	go test -run '^$$' -fuzz FuzzCompound -fuzztime 30s ./internal/change/
 	go test -run '^$$' -fuzz FuzzDecodeRowChange -fuzztime 30s ./cdc/
 	go test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./mapping/
-	go test -run '^$$' -fuzz FuzzConvert -fuzztime 30s ./acl/
+	go test -run '^$$' -fuzz FuzzConvert -fuzztime 30s ./internal/expr/
 	go test -run '^$$' -fuzz FuzzParseRetryAfter -fuzztime 30s ./deliver/
 
 demo: ## run the end-to-end demo on a throwaway PostgreSQL

@@ -14,6 +14,7 @@ import (
 
 	"github.com/walhook/walhook/acl"
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/internal/expr"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -77,10 +78,11 @@ func check(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts CheckO
 	if opts.Slot == "" {
 		opts.Slot = cdc.DefaultSlot
 	}
-	rules, err := acl.Compile(cfg)
+	mapper, rules, err := compileConfig(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
+	refs := references(mapper, rules)
 	cat, err := readCatalog(ctx, conn, cfg)
 	if err != nil {
 		return nil, nil, err
@@ -107,7 +109,7 @@ func check(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts CheckO
 	if err := collect(err); err != nil {
 		return nil, nil, err
 	}
-	if err := collect(acl.CheckColumns(cfg, cat, ownerCols)); err != nil {
+	if err := collect(checkColumns(cfg, refs, cat, ownerCols)); err != nil {
 		return nil, nil, err
 	}
 	slices.SortStableFunc(cfgErrs, func(a, b mapping.ConfigError) int { return cmp.Compare(a.Line, b.Line) })
@@ -124,7 +126,7 @@ func check(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts CheckO
 	if len(errs) > 0 {
 		return nil, nil, errors.Join(errs...)
 	}
-	needs, err := identityNeeds(ctx, conn, cfg, rules)
+	needs, err := identityNeeds(ctx, conn, cfg, mapper, rules, refs)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -377,7 +379,7 @@ func (n identityNeed) warning(file string) string {
 // those needs nothing. A mapped or watched table with no identity at all
 // is listed too: once published, PostgreSQL refuses its UPDATEs and
 // DELETEs.
-func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rules *acl.Rules) ([]identityNeed, error) {
+func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, mapper *mapping.Mapper, rules *acl.Rules, refs []expr.Reference) ([]identityNeed, error) {
 	type want struct {
 		table string
 		cols  []string
@@ -386,10 +388,6 @@ func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rul
 		why   func(cols []string, all bool) string
 		// none: needed when the table has no replica identity at all.
 		none bool
-	}
-	refs, err := acl.References(cfg)
-	if err != nil {
-		return nil, err
 	}
 	// A published table without a replica identity (NOTHING, or DEFAULT
 	// without a primary key) makes PostgreSQL refuse its UPDATEs and
@@ -409,7 +407,7 @@ func identityNeeds(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, rul
 		}
 	}
 	for _, t := range cfg.Tables {
-		cols, all := rules.OldColumns(t.Table)
+		cols, all := oldColumns(mapper, rules, t.Table)
 		// An update carries its old row only under FULL (DEFAULT sends the
 		// key alone, and only when it changed), so reading old.x needs FULL
 		// whatever x is; row.x of a delete needs x in the identity.

@@ -182,7 +182,7 @@ func (r *router) mismatch(t *mapping.Table, rel *change.Relation) string {
 			gone = append(gone, fmt.Sprintf("%s (named in %s)", c.Name, c.Field))
 		}
 	}
-	for _, c := range r.rules.Columns(t.Name) {
+	for _, c := range exprColumns(r.mapper, r.rules, t.Name) {
 		if rel.ColumnIndex(c) < 0 && !slices.ContainsFunc(gone, func(g string) bool { return strings.HasPrefix(g, c+" ") }) {
 			gone = append(gone, fmt.Sprintf("%s (read by a rule or payload)", c))
 		}

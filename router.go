@@ -297,7 +297,7 @@ func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change
 		if ch.Op.String() != d.On {
 			continue
 		}
-		ok, err := r.rules.When(d.Name, in.get())
+		ok, err := t.When(d, in.get())
 		if err != nil {
 			r.metrics.RuleErrors.WithLabelValues(metrics.RuleEvent).Inc()
 			failed = append(failed, failedEvent{name: d.Name, err: err})
@@ -309,8 +309,8 @@ func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change
 		}
 	}
 	r.metrics.EventsProduced.Add(float64(len(dst)))
-	if len(dst) > 0 && r.rules.HasPayload(t.Name) {
-		if err := r.payload(dst, t.Name, in.get()); err != nil {
+	if len(dst) > 0 && t.HasPayload() {
+		if err := r.payload(dst, t, in.get()); err != nil {
 			return dst, failed, err
 		}
 	}
@@ -319,8 +319,8 @@ func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change
 
 // payload builds the body's data (and previous) for the events with the
 // table's payload expression.
-func (r *router) payload(events []mapping.Event, table string, in *acl.Input) error {
-	data, err := r.rules.Payload(table, in)
+func (r *router) payload(events []mapping.Event, t *mapping.Table, in *acl.Input) error {
+	data, err := t.Payload(in)
 	if err != nil {
 		return err
 	}
@@ -328,7 +328,7 @@ func (r *router) payload(events []mapping.Event, table string, in *acl.Input) er
 	if in.Op == change.Update && in.Old != nil {
 		old := *in
 		old.New = in.Old
-		if prev, err = r.rules.Payload(table, &old); err != nil {
+		if prev, err = t.Payload(&old); err != nil {
 			return fmt.Errorf("previous: %w", err)
 		}
 	}

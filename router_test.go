@@ -108,11 +108,7 @@ func TestRouter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mapper, err := mapping.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rules, err := acl.Compile(cfg)
+	mapper, rules, err := compileConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,8 +253,10 @@ func TestRouterOwnerFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mapper, _ := mapping.New(cfg)
-	rules, _ := acl.Compile(cfg)
+	mapper, rules, err := compileConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tx := &change.Tx{Source: "test/db", CommitLSN: 0x200}
 	ch := &change.Change{Relation: ordersRel, Op: change.Insert, New: order("1", "7", "/", "new"), Tx: tx}
 	newIdx := func() *subs.Index {

@@ -88,11 +88,7 @@ func New(cfg Config, logger *slog.Logger) (*Service, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.withDefaults()
-	mapper, err := mapping.New(cfg.Mapping)
-	if err != nil {
-		return nil, err
-	}
-	rules, err := acl.Compile(cfg.Mapping)
+	mapper, rules, err := compileConfig(cfg.Mapping)
 	if err != nil {
 		return nil, err
 	}
@@ -151,11 +147,7 @@ func (s *Service) reload(ctx context.Context, want string) error {
 	if err != nil {
 		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
 	}
-	mapper, err := mapping.New(cfg)
-	if err != nil {
-		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
-	}
-	rules, err := acl.Compile(cfg)
+	mapper, rules, err := compileConfig(cfg)
 	if err != nil {
 		return &ConfigChangedError{Reason: "reload the config: " + err.Error()}
 	}

@@ -150,7 +150,7 @@ func BenchmarkCompile(b *testing.B) {
 	cfg := parse(b, ordersYAML)
 	b.ReportAllocs()
 	for range b.N {
-		if _, err := Compile(cfg); err != nil {
+		if _, err := Compile(cfg.File, tablesOf(cfg)); err != nil {
 			b.Fatal(err)
 		}
 	}

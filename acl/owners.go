@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"cel.dev/cel-go/common/types"
+	"github.com/walhook/walhook/internal/expr"
 )
 
 // DefaultMaxOwners is the cache size NewOwners uses when given none.
@@ -98,7 +99,7 @@ func (o *Owners) Get(ctx context.Context, ids []string) (map[string]map[string]a
 		}
 		attrs := make(map[string]any, len(raw)+1)
 		for k, v := range raw {
-			attrs[k] = Value(v)
+			attrs[k] = expr.Value(v)
 		}
 		// The subscription's owner is the id; a query returning another
 		// spelling of it (a uuid cast differently) must not change owner.id.

@@ -3,6 +3,7 @@ package acl
 import (
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"cel.dev/cel-go/common/types"
 
 	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/expr"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -23,10 +25,24 @@ func parse(tb testing.TB, yaml string) *mapping.Config {
 	return cfg
 }
 
+// tablesOf lists cfg's acl rules, as walhook does.
+func tablesOf(cfg *mapping.Config) []Table {
+	var out []Table
+	for i, t := range cfg.Tables {
+		line := t.ACLLine
+		if line == 0 {
+			line = t.Line
+		}
+		out = append(out, Table{Name: t.Table, Rule: t.ACL, Line: line, Field: "tables[" + strconv.Itoa(i) + "].acl"})
+	}
+	return out
+}
+
 // compileYAML parses and compiles a config, failing the test on errors.
 func compileYAML(tb testing.TB, yaml string) *Rules {
 	tb.Helper()
-	r, err := Compile(parse(tb, yaml))
+	cfg := parse(tb, yaml)
+	r, err := Compile(cfg.File, tablesOf(cfg))
 	if err != nil {
 		tb.Fatalf("Compile() = %v", err)
 	}
@@ -86,16 +102,6 @@ func TestCompileErrors(t *testing.T) {
 			want: []string{"walhook.yaml:6: tables[0].acl: ", "Syntax error"},
 		},
 		{
-			name: "when misspelled",
-			yaml: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    events:\n      - name: order.shipped\n        on: update\n        when: true\n      - name: order.paid\n        on: update\n        when: new.staus == 'paid' && odl.status != 'paid'\n",
-			want: []string{"walhook.yaml:11: tables[0].events[1].when: ", "undeclared reference to 'odl'"},
-		},
-		{
-			name: "when reads owner",
-			yaml: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    events:\n      - name: order.paid\n        on: update\n        when: owner.admin\n",
-			want: []string{"walhook.yaml:8: tables[0].events[0].when: ", "undeclared reference to 'owner'", "the variables are row, new, old, op, table, site"},
-		},
-		{
 			name: "nested comprehensions",
 			yaml: "tables:\n  - table: public.orders\n    noun: order\n    acl: owner.groups.exists(g, row.acl.exists(a, row.x.exists(b, a == g && b == a)))\n",
 			want: []string{"walhook.yaml:4: tables[0].acl: ", "too costly", "more than 1000000"},
@@ -109,7 +115,8 @@ func TestCompileErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := Compile(parse(t, tc.yaml))
+			cfg := parse(t, tc.yaml)
+			_, err := Compile(cfg.File, tablesOf(cfg))
 			var errs mapping.Errors
 			if !errors.As(err, &errs) {
 				t.Fatalf("Compile() = %v, want mapping.Errors", err)
@@ -137,14 +144,15 @@ func TestCompileReportsEveryProblem(t *testing.T) {
 	t.Parallel()
 	yaml := "tables:\n" +
 		"  - table: public.a\n    noun: a\n    acl: nope\n" +
-		"  - table: public.b\n    noun: b\n    acl: 'true'\n    events:\n      - name: b.x\n        on: insert\n        when: 1 + 1\n"
-	_, err := Compile(parse(t, yaml))
+		"  - table: public.b\n    noun: b\n    acl: 1 + 1\n"
+	cfg := parse(t, yaml)
+	_, err := Compile(cfg.File, tablesOf(cfg))
 	var errs mapping.Errors
 	if !errors.As(err, &errs) || len(errs) != 2 {
 		t.Fatalf("Compile() = %v, want 2 errors", err)
 	}
-	if errs[0].Field != "tables[0].acl" || errs[0].Line != 4 || errs[1].Field != "tables[1].events[0].when" || errs[1].Line != 11 {
-		t.Errorf("Compile() = %v, want tables[0].acl at 4 and tables[1].events[0].when at 11", err)
+	if errs[0].Field != "tables[0].acl" || errs[0].Line != 4 || errs[1].Field != "tables[1].acl" || errs[1].Line != 7 {
+		t.Errorf("Compile() = %v, want tables[0].acl at 4 and tables[1].acl at 7", err)
 	}
 }
 
@@ -152,8 +160,7 @@ func TestCompileMissingACL(t *testing.T) {
 	t.Parallel()
 	// Parse refuses a missing acl already; a Config built in code must be
 	// refused here too.
-	cfg := &mapping.Config{File: "code.yaml", Tables: []*mapping.TableConfig{{Table: "public.orders", Noun: "order", Line: 7}}}
-	_, err := Compile(cfg)
+	_, err := Compile("code.yaml", []Table{{Name: "public.orders", Line: 7, Field: "tables[0].acl"}})
 	var errs mapping.Errors
 	if !errors.As(err, &errs) || len(errs) != 1 {
 		t.Fatalf("Compile() = %v, want 1 error", err)
@@ -167,7 +174,7 @@ func TestCompileMissingACL(t *testing.T) {
 func owner(id string, attrs map[string]any) map[string]any {
 	m := map[string]any{"id": types.String(id)}
 	for k, v := range attrs {
-		m[k] = Value(v)
+		m[k] = expr.Value(v)
 	}
 	return m
 }
@@ -294,45 +301,6 @@ func TestAllowMany(t *testing.T) {
 	}
 }
 
-func TestWhen(t *testing.T) {
-	t.Parallel()
-	r := compileYAML(t, ordersYAML+`  - table: public.invoices
-    noun: invoice
-    acl: 'true'
-    events:
-      - name: invoice.voided
-        on: delete
-        when: row.status == 'void' && new == null && op == 'delete'
-`)
-	status := func(s string) map[string]any { return map[string]any{"id": types.Int(1), "status": types.String(s)} }
-	tests := []struct {
-		name    string
-		event   string
-		in      *Input
-		want    bool
-		wantErr bool
-	}{
-		{"becomes paid", "order.paid", &Input{Op: change.Update, New: status("paid"), Old: status("open")}, true, false},
-		{"stays paid", "order.paid", &Input{Op: change.Update, New: status("paid"), Old: status("paid")}, false, false},
-		{"not paid", "order.paid", &Input{Op: change.Update, New: status("open"), Old: status("new")}, false, false},
-		{"no old row", "order.paid", &Input{Op: change.Update, New: status("paid")}, false, true},
-		{"old row without the column", "order.paid", &Input{Op: change.Update, New: status("paid"), Old: map[string]any{"id": types.Int(1)}}, false, true},
-		{"other op", "order.paid", &Input{Op: change.Insert, New: status("paid")}, false, false},
-		{"delete sees old row as row", "invoice.voided", &Input{Op: change.Delete, Old: status("void")}, true, false},
-		{"unknown event", "order.nope", &Input{Op: change.Update}, false, true},
-		{"wrong input table", "order.paid", &Input{Op: change.Update, Table: "public.invoices", New: status("paid"), Old: status("open")}, false, true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := r.When(tc.event, tc.in)
-			if got != tc.want || (err != nil) != tc.wantErr {
-				t.Fatalf("When() = %v, %v; want %v, error %v", got, err, tc.want, tc.wantErr)
-			}
-		})
-	}
-}
-
 func TestNeedsFullIdentity(t *testing.T) {
 	t.Parallel()
 	r := compileYAML(t, `tables:
@@ -348,13 +316,6 @@ func TestNeedsFullIdentity(t *testing.T) {
   - table: public.whole
     noun: whole
     acl: size(row) > 0
-  - table: public.events
-    noun: ev
-    acl: 'true'
-    events:
-      - name: ev.moved
-        on: update
-        when: new.place != old.?place.orValue('')
 `)
 	tests := []struct {
 		table string
@@ -366,7 +327,6 @@ func TestNeedsFullIdentity(t *testing.T) {
 		{"public.owned", false, nil, false},
 		{"public.orders", true, []string{"region", "tenant_id"}, false},
 		{"public.whole", true, nil, true},
-		{"public.events", true, []string{"place"}, false},
 		{"public.unknown", false, nil, false},
 	}
 	for _, tc := range tests {
@@ -419,7 +379,7 @@ func TestRuntimeCostLimit(t *testing.T) {
 	for i := range big {
 		big[i] = int64(i)
 	}
-	in := &Input{Op: change.Insert, New: map[string]any{"acl": Value(big)}}
+	in := &Input{Op: change.Insert, New: map[string]any{"acl": expr.Value(big)}}
 	ok, err := r.Allow("public.docs", in, owner("u", map[string]any{"groups": []any{int64(-1), int64(-2), int64(-3), int64(-4)}}))
 	if ok || err != nil {
 		t.Fatalf("Allow(small owner) = %v, %v; want false, no error", ok, err)

@@ -8,8 +8,7 @@
 //
 // Invariants:
 //   - No I/O except Load reading the config file, and no network code: the
-//     catalog arrives as a value and CEL is compiled elsewhere, so the package
-//     is tested from bytes. (internal/change imports pglogrepl for the LSN
+//     catalog arrives as a value, so the package is tested from bytes. (internal/change imports pglogrepl for the LSN
 //     type and pgtype for type OIDs, which pull pgconn into the build; nothing
 //     here calls them.)
 //   - Every config problem is reported, all at once, as
@@ -28,7 +27,10 @@
 //   - A Mapper is immutable after New and safe for concurrent use. Per-table
 //     column filters are cached by *change.Relation, so the stream must treat a
 //     Relation as immutable once handed out and send a new one on DDL.
-//   - Derived events (TableConfig.Events) are parsed, validated and listed by
-//     Events; Map does not produce them: their CEL `when` is evaluated by the
-//     pipeline with package acl (see Table.Derived).
+//   - Derived events' conditions (`when`) and a table's `payload` are CEL,
+//     compiled by New in the environment internal/expr shares with package
+//     acl, their problems reported as file:line like the rest. Map produces
+//     the standard event; the pipeline asks Table.When for each derived one
+//     and Table.Payload for the body, so that it can hold a delivery whose
+//     expression fails rather than guess.
 package mapping

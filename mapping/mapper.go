@@ -1,9 +1,11 @@
 package mapping
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"path"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/expr"
 )
 
 // Mapper turns changes into events. It is immutable after New and safe for
@@ -33,6 +36,11 @@ type Table struct {
 	// Derived are the table's derived events in config order. Map does not
 	// produce them yet: their `when` is CEL, compiled by another package.
 	Derived []*DerivedEvent
+
+	// when holds the compiled condition of each derived event, by name;
+	// payload the compiled payload expression, nil for none.
+	when    map[string]*expr.Program
+	payload *expr.Program
 
 	// events is the standard event name by change.Op; "" for none.
 	events [change.Delete + 1]string
@@ -81,8 +89,10 @@ func New(cfg *Config) (*Mapper, error) {
 		tables:   make(map[string]*Table, len(cfg.Tables)),
 		bySchema: map[string]map[string]*Table{},
 	}
-	for _, tc := range cfg.Tables {
-		t := &Table{Name: tc.Table, Noun: tc.Noun, Config: tc, Derived: tc.Events}
+	var errs Errors
+	for i, tc := range cfg.Tables {
+		t := &Table{Name: tc.Table, Noun: tc.Noun, Config: tc, Derived: tc.Events, when: map[string]*expr.Program{}}
+		errs = append(errs, t.compile(cfg.File, index("tables", i))...)
 		verbs := tc.Verbs
 		if verbs == nil {
 			verbs = DefaultVerbs()
@@ -111,9 +121,136 @@ func New(cfg *Config) (*Mapper, error) {
 		m.tables[t.Name] = t
 		m.names = append(m.names, t.Name)
 	}
+	if len(errs) > 0 {
+		return nil, (&collector{errs: errs}).err()
+	}
 	slices.Sort(m.names)
 	slices.SortFunc(m.events, func(a, b EventInfo) int { return strings.Compare(a.Name, b.Name) })
 	return m, nil
+}
+
+// compile compiles the table's derived events' conditions and its payload
+// (CEL, in the environment package expr shares with acl), reporting
+// problems at their file:line and field.
+func (t *Table) compile(file, path string) Errors {
+	var errs Errors
+	add := func(ps []expr.Problem, field string) {
+		for _, p := range ps {
+			errs = append(errs, ConfigError{File: file, Line: p.Line, Field: field, Problem: p.Text})
+		}
+	}
+	tc := t.Config
+	for j, e := range tc.Events {
+		if e == nil || strings.TrimSpace(e.When) == "" {
+			continue // validateTables reports it
+		}
+		field := index(path+".events", j) + ".when"
+		prg, ps := expr.Compile(expr.Condition, tc.Table, field, e.When, cmp.Or(e.WhenLine, e.Line))
+		if len(ps) > 0 {
+			add(ps, field)
+			continue
+		}
+		t.when[e.Name] = prg
+	}
+	if strings.TrimSpace(tc.Payload) != "" {
+		field := path + ".payload"
+		prg, ps := expr.Compile(expr.Payload, tc.Table, field, tc.Payload, cmp.Or(tc.PayloadLine, tc.Line))
+		if len(ps) > 0 {
+			add(ps, field)
+		} else {
+			t.payload = prg
+		}
+	}
+	return errs
+}
+
+// When reports whether derived event d of t happens for in: false,
+// without error, when in's op is not d's `on`. A condition that fails to
+// evaluate (old is null, a column was not sent) is false with the error.
+func (t *Table) When(d *DerivedEvent, in *expr.Input) (bool, error) {
+	if in != nil && in.Op.String() != d.On {
+		return false, nil
+	}
+	prg := t.when[d.Name]
+	if prg == nil {
+		return false, fmt.Errorf("no derived event %s in %s", d.Name, t.Name)
+	}
+	return prg.Bool(in, nil)
+}
+
+// HasPayload reports whether t has a payload expression.
+func (t *Table) HasPayload() bool { return t.payload != nil }
+
+// Payload evaluates t's payload expression for in and returns the JSON
+// object it builds (see expr.Program.JSON); nil and no error without one.
+func (t *Table) Payload(in *expr.Input) ([]byte, error) {
+	if t.payload == nil {
+		return nil, nil
+	}
+	return t.payload.JSON(in)
+}
+
+// Programs returns the compiled derived conditions and payloads of every
+// table, for checks of what they read.
+func (m *Mapper) Programs() []*expr.Program {
+	var out []*expr.Program
+	for _, name := range m.names {
+		t := m.tables[name]
+		for _, d := range t.Derived {
+			if p := t.when[d.Name]; p != nil {
+				out = append(out, p)
+			}
+		}
+		if t.payload != nil {
+			out = append(out, t.payload)
+		}
+	}
+	return out
+}
+
+// Columns returns, sorted, the columns table's derived conditions and
+// payload read by name through row, new or old.
+func (m *Mapper) Columns(table string) []string {
+	cols := map[string]bool{}
+	for _, p := range m.tablePrograms(table) {
+		p.Columns(cols)
+	}
+	return sortedSet(cols)
+}
+
+// OldColumns returns, sorted, the columns table's derived conditions and
+// payload read through row or old, and all=true when one uses row or old
+// other than by a constant name.
+func (m *Mapper) OldColumns(table string) (columns []string, all bool) {
+	cols := map[string]bool{}
+	for _, p := range m.tablePrograms(table) {
+		all = p.OldColumns(cols) || all
+	}
+	return sortedSet(cols), all
+}
+
+func (m *Mapper) tablePrograms(table string) []*expr.Program {
+	t := m.tables[table]
+	if t == nil {
+		return nil
+	}
+	var out []*expr.Program
+	for _, p := range t.when {
+		out = append(out, p)
+	}
+	if t.payload != nil {
+		out = append(out, t.payload)
+	}
+	return out
+}
+
+func sortedSet(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Tables returns the qualified names of the mapped tables, sorted. The

@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook"
-	"github.com/walhook/walhook/acl"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -54,26 +53,21 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
-// loadConfig loads the config and compiles its mapping and rules.
+// loadConfig loads the config and compiles it as walhook.New would, so a
+// mistake in it is reported with its file:line before anything runs.
 func loadConfig(path string) (*mapping.Config, *mapping.Mapper, error) {
-	cfg, m, _, err := loadConfigRules(path)
-	return cfg, m, err
-}
-
-func loadConfigRules(path string) (*mapping.Config, *mapping.Mapper, *acl.Rules, error) {
 	cfg, err := mapping.Load(path)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
+	}
+	if err := walhook.CheckConfig(cfg); err != nil {
+		return nil, nil, err
 	}
 	m, err := mapping.New(cfg)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	rules, err := acl.Compile(cfg)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return cfg, m, rules, nil
+	return cfg, m, nil
 }
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {

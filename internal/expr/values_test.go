@@ -1,4 +1,4 @@
-package acl
+package expr
 
 import (
 	"math"
@@ -126,12 +126,11 @@ func TestRowValues(t *testing.T) {
 	}
 
 	// The JSON column is read by rules as nested maps and lists.
-	r := compileYAML(t, `tables:
-  - table: public.orders
-    noun: order
-    acl: "'b' in row.meta.tags && row.meta.n.x > 1 && row.note == null && row.id == 7"
-`)
-	if ok, err := r.Allow("public.orders", &Input{Op: change.Insert, New: m}, owner("u", nil)); !ok || err != nil {
+	r, ps := Compile(Rule, "public.orders", "tables[0].acl", "'b' in row.meta.tags && row.meta.n.x > 1 && row.note == null && row.id == 7", 1)
+	if len(ps) > 0 {
+		t.Fatalf("Compile() = %v", ps)
+	}
+	if ok, err := r.Bool(&Input{Op: change.Insert, New: m}, map[string]any{"id": types.String("u")}); !ok || err != nil {
 		t.Errorf("Allow(json rule) = %v, %v; want true", ok, err)
 	}
 }
@@ -227,12 +226,11 @@ func TestRowValuesByBaseType(t *testing.T) {
 	if m["qty"] != types.Int(3) || m["pair"] != types.String("(1,a)") {
 		t.Fatalf("RowValues() = %v, want qty 3 and pair as text", m)
 	}
-	r := compileYAML(t, `tables:
-  - table: public.orders
-    noun: order
-    acl: "row.qty > 2 && 'happy' in row.moods"
-`)
-	if ok, err := r.Allow("public.orders", &Input{Op: change.Insert, New: m}, owner("u", nil)); !ok || err != nil {
+	r, ps := Compile(Rule, "public.orders", "tables[0].acl", "row.qty > 2 && 'happy' in row.moods", 1)
+	if len(ps) > 0 {
+		t.Fatalf("Compile() = %v", ps)
+	}
+	if ok, err := r.Bool(&Input{Op: change.Insert, New: m}, map[string]any{"id": types.String("u")}); !ok || err != nil {
 		t.Fatalf("Allow(domain and enum array rule) = %v, %v; want true", ok, err)
 	}
 }

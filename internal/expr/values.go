@@ -1,4 +1,4 @@
-package acl
+package expr
 
 import (
 	"bytes"

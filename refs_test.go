@@ -1,4 +1,4 @@
-package acl
+package walhook
 
 import (
 	"strings"
@@ -77,7 +77,15 @@ func TestCheckColumns(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := CheckColumns(parse(t, tc.yaml), cat, tc.owner)
+			cfg, err := mapping.Parse("walhook.yaml", []byte(tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mapper, rules, err := compileConfig(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = checkColumns(cfg, references(mapper, rules), cat, tc.owner)
 			if len(tc.want) == 0 {
 				if err != nil {
 					t.Fatalf("CheckColumns() = %v, want nil", err)
