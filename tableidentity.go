@@ -211,6 +211,7 @@ func ensureTableIdentity(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, ne
 // tables handled. A table that needs more keeps its need for FULL.
 func keyIndexIdentity(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, needs []identityNeed, handled map[string]bool) ([]string, error) {
 	var changes []string
+	var mapper *mapping.Mapper
 	var rules *acl.Rules
 	for _, n := range needs {
 		t := tableConfig(cfg, n.table)
@@ -233,7 +234,7 @@ func keyIndexIdentity(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, needs
 			continue // FULL, by ensureIdentity
 		}
 		if rules == nil {
-			if rules, err = acl.Compile(cfg); err != nil {
+			if mapper, rules, err = compileConfig(cfg); err != nil {
 				return nil, err
 			}
 		}
@@ -244,7 +245,7 @@ func keyIndexIdentity(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, needs
 		if _, err := sp.Exec(ctx, "ALTER TABLE "+quoteTable(n.table)+" REPLICA IDENTITY USING INDEX "+pgx.Identifier{idx}.Sanitize()); err != nil {
 			return nil, fmt.Errorf("set replica identity of %s: %w", n.table, err)
 		}
-		again, err := identityNeeds(ctx, tx.Conn(), cfg, rules)
+		again, err := identityNeeds(ctx, tx.Conn(), cfg, mapper, rules, references(mapper, rules))
 		if err != nil {
 			return nil, err
 		}
