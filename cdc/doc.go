@@ -22,6 +22,14 @@
 // bounded by half the standby interval, and one that fails leaves the values
 // as strings with a warning: it never stops the stream (types.go).
 //
+// The publication publishes partitions via their root
+// (publish_via_partition_root): a partition's changes arrive under its
+// partitioned table's relation. An UPDATE that moves a row to another
+// partition arrives as a DELETE immediately followed by an INSERT in the same
+// transaction, unmarked; the old row is marked with the root's replica
+// identity but holds what the partition logged (the consumer in the root
+// package pairs the two back into one update).
+//
 // The stream never starts from IDENTIFY_SYSTEM's position: it starts from the
 // slot's confirmed_flush_lsn, which the server applies on its own.
 package cdc
