@@ -391,3 +391,39 @@ func TestPublicationViaRootHealed(t *testing.T) {
 	e.Exec(`INSERT INTO public.items VALUES (1, 'eu', 'a', 'n1')`)
 	e.Recv.WaitRows(t, "/c", 0, 1)
 }
+
+// TestSubPartitionedMove: a row moved between partitions of a partition (the
+// second level's key changes) is one update too: the partition key columns
+// of every level are left out of the pairing key.
+func TestSubPartitionedMove(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, `
+tables:
+  - table: public.events
+    noun: ev
+    acl: "true"
+`, `
+CREATE TABLE public.events (id bigint, region text, day date, name text, PRIMARY KEY (id, region, day)) PARTITION BY LIST (region);
+CREATE TABLE public.events_eu PARTITION OF public.events FOR VALUES IN ('eu') PARTITION BY RANGE (day);
+CREATE TABLE public.events_eu_2024 PARTITION OF public.events_eu FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE public.events_eu_2025 PARTITION OF public.events_eu FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');`)
+	if got := relIdentity(t, e, "public.events_eu", "public.events_eu_2024"); got["public.events_eu"] != "f" || got["public.events_eu_2024"] != "f" {
+		t.Fatalf("replica identities = %v, want FULL at every level", got)
+	}
+	e.Subscribe("ev.*", "/ev")
+	e.start()
+	e.Exec(`INSERT INTO public.events VALUES (1, 'eu', '2024-06-01', 'a')`)
+	e.Exec(`UPDATE public.events SET day = '2025-06-01' WHERE id = 1`)
+	ds := e.Recv.Wait(t, "/ev", 2)
+	var got []string
+	for _, d := range ds {
+		env := d.Envelope(t)
+		data, _ := env["data"].(map[string]any)
+		prev, _ := env["previous"].(map[string]any)
+		got = append(got, fmt.Sprintf("%v %v prev=%v", env["event"], data["day"], prev["day"]))
+	}
+	slices.Sort(got)
+	if want := []string{"ev.created 2024-06-01 prev=<nil>", "ev.updated 2025-06-01 prev=2024-06-01"}; !slices.Equal(got, want) {
+		t.Fatalf("deliveries = %q, want %q", got, want)
+	}
+}
