@@ -573,7 +573,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 // newDelivery builds the worker that sends and records deliveries, and the
 // queue that feeds it the retries waiting in walhook.deliveries.
 func (s *Service) newDelivery(db *pgxpool.Pool) (*deliver.Worker, *deliver.Queue) {
-	d := s.cfg.Mapping.Delivery
+	d := deliver.SettingsFrom(s.cfg.Mapping.Delivery)
 	wc := deliver.Config{
 		MaxInFlight:  d.MaxInFlight,
 		MaxPerHost:   d.MaxPerHost,

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sourcegraph/conc"
 
+	"github.com/walhook/walhook/deliver"
 	"github.com/walhook/walhook/internal/stage"
 )
 
@@ -87,7 +88,7 @@ func (s *Service) runQueueOnly(stop, hard context.Context) error {
 	context.AfterFunc(g.Context(), stopClaim)
 	qerr := stage.Run("standby queue", func() error { return queue.Run(claim, g.Context()) })
 	worker.Wait()
-	fctx, cancel := context.WithTimeout(g.Context(), max(s.cfg.Mapping.Delivery.Timeout, 5*time.Second))
+	fctx, cancel := context.WithTimeout(g.Context(), max(deliver.SettingsFrom(s.cfg.Mapping.Delivery).Timeout, 5*time.Second))
 	worker.Flush(fctx)
 	cancel()
 	failure := g.Cause()

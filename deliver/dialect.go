@@ -19,17 +19,32 @@ type Dialect struct {
 	RateLimit float64
 }
 
-// Dialects builds the dialects of a config; "default" and "zapier" always exist.
+// Dialect defaults, applied by Dialects where the config is silent.
+const (
+	DefaultMethod = http.MethodPost
+	// ZapierRateLimit is the zapier dialect's requests per second to one
+	// hook URL: Zapier takes about 30.
+	ZapierRateLimit = 30
+)
+
+// Dialects builds the dialects of a config, with their defaults; "default"
+// and "zapier" always exist.
 func Dialects(cfg *mapping.Config, version string) map[string]*Dialect {
 	out := map[string]*Dialect{}
 	ua := "walhook/" + version
 	for name, dc := range cfg.Dialects {
-		d := &Dialect{Name: name, Body: dc.Body, Method: dc.Method, UserAgent: dc.UserAgent, Header: http.Header{}, RateLimit: dc.RateLimit}
+		d := &Dialect{Name: name, Body: dc.Body, Method: dc.Method, UserAgent: dc.UserAgent, Header: http.Header{}}
+		switch {
+		case dc.RateLimit != nil:
+			d.RateLimit = *dc.RateLimit
+		case name == mapping.DialectZapier:
+			d.RateLimit = ZapierRateLimit
+		}
 		if d.Body == "" {
 			d.Body = mapping.BodyEnvelope
 		}
 		if d.Method == "" {
-			d.Method = mapping.DefaultMethod
+			d.Method = DefaultMethod
 		}
 		if d.UserAgent == "" {
 			d.UserAgent = ua
@@ -41,9 +56,9 @@ func Dialects(cfg *mapping.Config, version string) map[string]*Dialect {
 	}
 	for name, body := range map[string]string{mapping.DialectDefault: mapping.BodyEnvelope, mapping.DialectZapier: mapping.BodyRow} {
 		if out[name] == nil {
-			out[name] = &Dialect{Name: name, Body: body, Method: mapping.DefaultMethod, UserAgent: ua, Header: http.Header{}}
+			out[name] = &Dialect{Name: name, Body: body, Method: DefaultMethod, UserAgent: ua, Header: http.Header{}}
 			if name == mapping.DialectZapier {
-				out[name].RateLimit = mapping.ZapierRateLimit
+				out[name].RateLimit = ZapierRateLimit
 			}
 		}
 	}
@@ -90,4 +105,48 @@ func (d *Dialect) AppendBody(dst []byte, ev *mapping.Event, site string, withPre
 		}
 	}
 	return append(dst, '}')
+}
+
+// Settings are the delivery settings of a config, with their defaults.
+type Settings struct {
+	Timeout     time.Duration
+	Retry       []time.Duration
+	MaxInFlight int
+	MaxPerHost  int
+	History     int
+}
+
+// DefaultHistory is how many finished attempts are kept per subscription,
+// and how many failures in a row suspend it, when the config is silent.
+const DefaultHistory = 50
+
+// DefaultRetry returns the default delays before each delivery attempt. It is
+// a function, not a variable, so no caller can change the default for others.
+func DefaultRetry() []time.Duration {
+	return []time.Duration{
+		0, 5 * time.Second, 5 * time.Minute, 30 * time.Minute,
+		2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour,
+	}
+}
+
+// SettingsFrom fills a config's delivery block with the defaults of what it
+// leaves unset: the one place delivery defaults are applied.
+func SettingsFrom(d mapping.Delivery) Settings {
+	s := Settings{Timeout: d.Timeout, Retry: d.Retry, MaxInFlight: d.MaxInFlight, MaxPerHost: d.MaxPerHost, History: d.History}
+	if s.Timeout <= 0 {
+		s.Timeout = DefaultTimeout
+	}
+	if len(s.Retry) == 0 {
+		s.Retry = DefaultRetry()
+	}
+	if s.MaxInFlight <= 0 {
+		s.MaxInFlight = DefaultMaxInFlight
+	}
+	if s.MaxPerHost <= 0 {
+		s.MaxPerHost = DefaultMaxPerHost
+	}
+	if s.History <= 0 {
+		s.History = DefaultHistory
+	}
+	return s
 }

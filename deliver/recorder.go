@@ -18,8 +18,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/walhook/walhook/mapping"
 )
 
 // maxBatch bounds one write of attempts.
@@ -54,10 +52,10 @@ type RetryPolicy struct {
 
 func (p RetryPolicy) withDefaults() RetryPolicy {
 	if len(p.Schedule) == 0 {
-		p.Schedule = mapping.DefaultRetry()
+		p.Schedule = DefaultRetry()
 	}
 	if p.History <= 0 {
-		p.History = mapping.DefaultHistory
+		p.History = DefaultHistory
 	}
 	if p.MaxRetryAfter <= 0 {
 		p.MaxRetryAfter = DefaultMaxRetryAfter

@@ -15,22 +15,11 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Defaults applied by Parse where the config is silent.
-const (
-	DefaultTimeout     = 30 * time.Second
-	DefaultMaxInFlight = 256
-	DefaultMaxPerHost  = 16
-	DefaultHistory     = 50
-	DefaultMethod      = "POST"
-)
-
-// Dialect names that always exist.
+// Dialect names that always exist. Their defaults, like every delivery
+// and dialect default, are package deliver's.
 const (
 	DialectDefault = "default" // envelope body
 	DialectZapier  = "zapier"  // row body
-	// ZapierRateLimit is the zapier dialect's default requests per second
-	// to one hook URL.
-	ZapierRateLimit = 30
 )
 
 // Body shapes a dialect can send.
@@ -39,22 +28,15 @@ const (
 	BodyRow      = "row"      // the row object alone
 )
 
-// DefaultRetry returns the default delays before each delivery attempt. It is
-// a function, not a variable, so no caller can change the default for others.
-func DefaultRetry() []time.Duration {
-	return []time.Duration{
-		0, 5 * time.Second, 5 * time.Minute, 30 * time.Minute,
-		2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour,
-	}
-}
-
 // DefaultVerbs returns the verbs used when a table sets no `verbs:`.
 func DefaultVerbs() map[string]string {
 	return map[string]string{"insert": "created", "update": "updated", "delete": "deleted"}
 }
 
-// Config is a parsed and validated walhook.yaml. Parse fills every default, so
-// consumers never apply defaults of their own.
+// Config is a parsed and validated walhook.yaml: what the file says. Table
+// defaults (verbs) are filled by Parse; delivery and dialect defaults are
+// package deliver's (deliver.SettingsFrom, deliver.Dialects), applied there
+// in one place.
 type Config struct {
 	File     string // path it was loaded from
 	Owners   *Owners
@@ -142,10 +124,12 @@ type DerivedEvent struct {
 }
 
 // Delivery tunes the HTTP sender.
+//
+// A zero field was not set: deliver.SettingsFrom applies its default.
 type Delivery struct {
 	Timeout time.Duration
 	// Retry is the delay before each attempt; its length is the number of
-	// attempts.
+	// attempts. Nil when not set.
 	Retry       []time.Duration
 	MaxInFlight int
 	MaxPerHost  int
@@ -160,8 +144,9 @@ type DialectConfig struct {
 	Method  string // POST or PUT
 	// UserAgent replaces walhook/<version> when set.
 	UserAgent string
-	// RateLimit caps requests per second to one target URL; 0 is no cap.
-	RateLimit float64
+	// RateLimit caps requests per second to one target URL; 0 is no cap,
+	// nil is the dialect's default (deliver).
+	RateLimit *float64
 	Line      int // 0 for a built-in dialect the config does not mention
 }
 
@@ -278,17 +263,9 @@ func (p *parser) yamlError(err error) {
 }
 
 func (p *parser) config(cfg *Config, root *yaml.Node) {
-	cfg.Delivery = Delivery{
-		Timeout:     DefaultTimeout,
-		Retry:       DefaultRetry(),
-		MaxInFlight: DefaultMaxInFlight,
-		MaxPerHost:  DefaultMaxPerHost,
-		History:     DefaultHistory,
-	}
 	cfg.Dialects = map[string]*DialectConfig{
-		DialectDefault: {Body: BodyEnvelope, Method: DefaultMethod},
-		// Zapier takes about 30 requests a second per hook URL.
-		DialectZapier: {Body: BodyRow, Method: DefaultMethod, RateLimit: ZapierRateLimit},
+		DialectDefault: {Body: BodyEnvelope},
+		DialectZapier:  {Body: BodyRow},
 	}
 	if root == nil {
 		return
@@ -541,7 +518,7 @@ func (p *parser) dialects(dialects map[string]*DialectConfig, v *yaml.Node) {
 		}
 		d, builtin := dialects[name]
 		if !builtin {
-			d = &DialectConfig{Body: BodyEnvelope, Method: DefaultMethod}
+			d = &DialectConfig{Body: BodyEnvelope}
 			dialects[name] = d
 		}
 		d.Line = k.Line
@@ -578,7 +555,7 @@ func (p *parser) dialects(dialects map[string]*DialectConfig, v *yaml.Node) {
 				if err := v.Decode(&r); err != nil || r < 0 || r > 1e6 {
 					p.add(v.Line, f, fmt.Sprintf("want requests per second to one target, a number from 0 (no limit) to 1000000, got %s", describe(v)))
 				} else {
-					d.RateLimit = r
+					d.RateLimit = &r
 				}
 			}
 		})

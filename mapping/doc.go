@@ -13,8 +13,9 @@
 //     here calls them.)
 //   - Every config problem is reported, all at once, as
 //     "file:line: field.path: problem" (Errors of ConfigError); list indices in
-//     field paths are 0-based. Parse fills every default, so consumers never
-//     apply defaults of their own.
+//     field paths are 0-based. Parse fills the table defaults (verbs);
+//     delivery and dialect defaults have one owner, package deliver, which
+//     applies them in one place (deliver.SettingsFrom, deliver.Dialects).
 //   - Event ids are deterministic: EventID hashes the commit LSN, the change's
 //     position in its transaction and the event name, so a change replayed
 //     after a restart carries the same id and receivers can deduplicate.

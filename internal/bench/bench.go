@@ -33,6 +33,7 @@ import (
 
 	"github.com/walhook/walhook"
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/deliver"
 	"github.com/walhook/walhook/internal/pglocal"
 	"github.com/walhook/walhook/mapping"
 )
@@ -383,7 +384,7 @@ func (b *bench) runFull(ctx context.Context) (*Result, error) {
 		requests = min(deliveries, 200000)
 	}
 	body := b.recv.sampleBody()
-	d := b.cfg.Delivery
+	d := deliver.SettingsFrom(b.cfg.Delivery)
 	for _, clients := range slices.Compact([]int{d.MaxInFlight, min(d.MaxPerHost, d.MaxInFlight)}) {
 		b.say("HTTP limit: %d keep-alive POSTs of %d bytes from %d clients ...", requests, len(body), clients)
 		hr, err := b.httpLimit(ctx, clients, requests, body)
