@@ -62,6 +62,13 @@ func Check(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts CheckO
 	for _, n := range needs {
 		warnings = append(warnings, n.warning(cfg.File))
 	}
+	drift, err := identityDrift(ctx, conn, cfg.Tables)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range drift {
+		warnings = append(warnings, fmt.Sprintf("%s: %s is not set (walhook install sets it)", cfg.File, d))
+	}
 	return warnings, nil
 }
 
@@ -93,6 +100,9 @@ func check(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, opts CheckO
 		return nil
 	}
 	if err := collect(cfg.CheckCatalog(cat)); err != nil {
+		return nil, nil, err
+	}
+	if err := collect(checkPartitionMapping(ctx, conn, cfg)); err != nil {
 		return nil, nil, err
 	}
 	ownerCols, err := describeOwners(ctx, conn, cfg)

@@ -37,6 +37,9 @@ type consumer struct {
 	// beforeRoute is a test hook; nil in production.
 	beforeRoute func()
 
+	// moves pairs a row's move between partitions back into one update.
+	moves *movePairer
+
 	// digest is the running config's: an install of another one ends the
 	// pipeline (errReinstalled).
 	digest string
@@ -94,6 +97,7 @@ func (s *Service) newConsumer(db *pgxpool.Pool, idx *subs.Index, out submitter, 
 		removeOnDelete: removeOn,
 		state:          state,
 		beforeRoute:    s.hooks.route,
+		moves:          newMovePairer(r.route, r.table, db),
 		digest:         s.digest,
 	}
 }
@@ -179,6 +183,9 @@ func (c *consumer) finishTx(work context.Context, msgs <-chan cdc.Message, inTx 
 }
 
 func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
+	if err := c.moves.flush(ctx, m); err != nil {
+		return err
+	}
 	switch m.Kind {
 	case cdc.KindSite:
 		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
@@ -226,7 +233,7 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		if c.beforeRoute != nil {
 			c.beforeRoute()
 		}
-		return c.router.route(ctx, m.Txn, m.Change, c.txSites)
+		return c.moves.routeChange(ctx, m.Txn, m.Change, c.txSites)
 	case cdc.KindCommit:
 		if c.state != nil {
 			if err := c.state.writeLog(ctx, c.db, m.Txn.EndLSN); err != nil {

@@ -37,8 +37,9 @@ func (s *Service) publicationTables() []string {
 // what differs, one line each, and whether walhook.subscriptions was
 // missing. A missing publication is an error: the slot cannot go on.
 func (s *Service) drift(ctx context.Context, conn *pgx.Conn) (lines []string, subsMissing bool, err error) {
-	var ins, upd, del bool
-	err = conn.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = $1`, s.cfg.Publication).Scan(&ins, &upd, &del)
+	var ins, upd, del, viaRoot bool
+	err = conn.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubviaroot FROM pg_publication WHERE pubname = $1`, s.cfg.Publication).
+		Scan(&ins, &upd, &del, &viaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, false, publicationDropped(s.cfg.Publication, s.cfg.Slot, nil)
 	}
@@ -52,6 +53,11 @@ func (s *Service) drift(ctx context.Context, conn *pgx.Conn) (lines []string, su
 		if !op.on {
 			lines = append(lines, fmt.Sprintf("publication %s does not publish %ss", s.cfg.Publication, op.name))
 		}
+	}
+	if !viaRoot {
+		// A mapped partitioned table's changes then arrive under its
+		// partitions' names, which map to nothing.
+		lines = append(lines, fmt.Sprintf("publication %s does not publish partitions via their partitioned table", s.cfg.Publication))
 	}
 	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, s.cfg.Publication)
 	if err != nil {

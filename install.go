@@ -188,6 +188,13 @@ func install(ctx context.Context, tx pgx.Tx, c InstallOptions, cfg *mapping.Conf
 		return nil, fmt.Errorf("reconcile static subscriptions: %w", err)
 	}
 	changes = append(changes, sc...)
+	// Before publishing: a published table without a replica identity fails
+	// the application's UPDATE and DELETE.
+	tc, needs, err := ensureTableIdentity(ctx, tx, cfg, needs)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, tc...)
 	pc, err := cdc.EnsurePublication(ctx, tx, c.Publication, publicationTables(cfg, mapper))
 	if err != nil {
 		return nil, err
@@ -476,6 +483,11 @@ func checkInstalled(ctx context.Context, dsn, publication string, mapper *mappin
 			missing = append(missing, "event "+e.Name)
 		}
 	}
+	drift, err := identityDrift(ctx, conn, mappedConfigs(mapper))
+	if err != nil {
+		return nil, err
+	}
+	missing = append(missing, drift...)
 	if len(missing) > 0 {
 		return nil, installMismatch(fmt.Sprintf("the config is newer than the installation (not installed: %s): run walhook install with this config first",
 			strings.Join(missing, ", ")))
@@ -490,5 +502,8 @@ func CheckCatalog(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) erro
 	if err != nil {
 		return err
 	}
-	return cfg.CheckCatalog(cat)
+	if err := cfg.CheckCatalog(cat); err != nil {
+		return err
+	}
+	return checkPartitionMapping(ctx, conn, cfg)
 }

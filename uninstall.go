@@ -51,6 +51,13 @@ func Uninstall(ctx context.Context, conn *pgx.Conn, opts UninstallOptions) ([]st
 		return nil, err
 	}
 	changes = append(changes, rc...)
+	line, err := DropPartitionTrigger(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	if line != "" {
+		changes = append(changes, line)
+	}
 	if opts.DropSchema {
 		if _, err := conn.Exec(ctx, `DROP SCHEMA IF EXISTS walhook CASCADE`); err != nil {
 			return nil, fmt.Errorf("drop schema walhook: %w", err)

@@ -30,6 +30,12 @@ func quoteQualified(name string) string {
 	return pgx.Identifier{s, t}.Sanitize()
 }
 
+// publishOptions are the publication's settings: row changes only, and a
+// partition's changes under the partitioned table that was published (so a
+// mapped partitioned table produces changes under its own name, and
+// pg_publication_tables lists it rather than its partitions).
+const publishOptions = "publish = 'insert, update, delete', publish_via_partition_root = true"
+
 // Querier is a *pgx.Conn or a pgx.Tx.
 type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -38,9 +44,9 @@ type Querier interface {
 }
 
 // EnsurePublication creates the publication for tables or brings its table list
-// in line, publishing inserts, updates and deletes only. It returns what it
-// changed; nothing when the publication is already right. conn may be a
-// transaction: publications are transactional.
+// in line, publishing inserts, updates and deletes only, partitions via their
+// root. It returns what it changed; nothing when the publication is already
+// right. conn may be a transaction: publications are transactional.
 func EnsurePublication(ctx context.Context, conn Querier, name string, tables []string) ([]string, error) {
 	want := slices.Clone(tables)
 	slices.Sort(want)
@@ -51,10 +57,11 @@ func EnsurePublication(ctx context.Context, conn Querier, name string, tables []
 	}
 	pub := pgx.Identifier{name}.Sanitize()
 
-	var pubdelete, pubtruncate bool
-	err := conn.QueryRow(ctx, `SELECT pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1`, name).Scan(&pubdelete, &pubtruncate)
+	var pubdelete, pubtruncate, pubviaroot bool
+	err := conn.QueryRow(ctx, `SELECT pubdelete, pubtruncate, pubviaroot FROM pg_publication WHERE pubname = $1`, name).
+		Scan(&pubdelete, &pubtruncate, &pubviaroot)
 	if errors.Is(err, pgx.ErrNoRows) {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete')", pub, strings.Join(list, ", "))
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s)", pub, strings.Join(list, ", "), publishOptions)
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return nil, fmt.Errorf("create publication %q: %w", name, err)
 		}
@@ -64,11 +71,13 @@ func EnsurePublication(ctx context.Context, conn Querier, name string, tables []
 		return nil, fmt.Errorf("read publication %q: %w", name, err)
 	}
 	var changes []string
-	if !pubdelete || pubtruncate {
-		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete')", pub)); err != nil {
+	if !pubdelete || pubtruncate || !pubviaroot {
+		// Before reading its tables: with publish_via_partition_root,
+		// pg_publication_tables lists a partitioned table, not its partitions.
+		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET (%s)", pub, publishOptions)); err != nil {
 			return nil, fmt.Errorf("alter publication %q: %w", name, err)
 		}
-		changes = append(changes, "publication "+name+" publishes insert, update, delete")
+		changes = append(changes, "publication "+name+" publishes insert, update, delete, partitions via their partitioned table")
 	}
 	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, name)
 	if err != nil {

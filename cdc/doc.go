@@ -28,6 +28,14 @@
 // may have been missed and the recovery (RecreateSlot, then a backfill).
 // EnsureSlot creates failover slots where the server has them (17+).
 //
+// The publication publishes partitions via their root
+// (publish_via_partition_root): a partition's changes arrive under its
+// partitioned table's relation. An UPDATE that moves a row to another
+// partition arrives as a DELETE immediately followed by an INSERT in the same
+// transaction, unmarked; the old row is marked with the root's replica
+// identity but holds what the partition logged (the consumer in the root
+// package pairs the two back into one update).
+//
 // The stream never starts from IDENTIFY_SYSTEM's position: it starts from the
 // slot's confirmed_flush_lsn, which the server applies on its own.
 package cdc

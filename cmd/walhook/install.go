@@ -95,6 +95,13 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		for _, w := range warnings {
 			fmt.Fprintln(stdout, "warning: "+w)
 		}
+		notes, err := walhook.PartitionNotes(ctx, conn, cfg)
+		if err != nil {
+			return err
+		}
+		for _, n := range notes {
+			fmt.Fprintln(stdout, "note: "+n)
+		}
 	}
 	fmt.Fprintf(stdout, "%s: ok: %d table(s), %d event(s)\n", cfg.File, len(cfg.Tables), len(mapper.Events()))
 	for _, e := range mapper.Events() {
