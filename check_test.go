@@ -35,11 +35,11 @@ func TestCheckCatchesMistakes(t *testing.T) {
 	}{
 		{name: "the demo config", cfg: string(demo.Config)},
 		{name: "a column typo", cfg: replace(ordersACL, "acl: row.tenant_idd in owner.tenants || owner.admin"),
-			want: []string{`walhook.yaml:14: tables[0].acl: column 1: row.tenant_idd: public.orders has no column "tenant_idd"; did you mean "tenant_id"?`}},
+			want: []string{`walhook.yaml:15: tables[0].acl: column 1: row.tenant_idd: public.orders has no column "tenant_idd"; did you mean "tenant_id"?`}},
 		{name: "an attribute typo", cfg: replace(ordersACL, "acl: row.tenant_id in owner.tenant || owner.admin"),
-			want: []string{`walhook.yaml:14: tables[0].acl: column 18: owner.tenant: owners.query returns no column "tenant"; did you mean "tenants"?`}},
+			want: []string{`walhook.yaml:15: tables[0].acl: column 18: owner.tenant: owners.query returns no column "tenant"; did you mean "tenants"?`}},
 		{name: "a typo in a when", cfg: replace("when: new.status == 'paid' && old.status != 'paid'", "when: new.stat == 'paid' && old.status != 'paid'"),
-			want: []string{`walhook.yaml:18: tables[0].events[0].when: column 1: new.stat: public.orders has no column "stat"; did you mean "status"?`}},
+			want: []string{`walhook.yaml:19: tables[0].events[0].when: column 1: new.stat: public.orders has no column "stat"; did you mean "status"?`}},
 		{name: "$1 is not text[]", cfg: replace("WHERE id::text = ANY($1)", "WHERE id = ANY($1)"),
 			want: []string{`walhook.yaml:4: owners.query: $1 is bigint[]; it must be text[]`}},
 		{name: "$1 is text", cfg: replace("WHERE id::text = ANY($1)", "WHERE id::text = $1"),
@@ -49,7 +49,7 @@ func TestCheckCatchesMistakes(t *testing.T) {
 		{name: "an id that is not text", cfg: replace("SELECT id::text AS id", "SELECT id"),
 			want: []string{`walhook.yaml:4: owners.query: its id column is bigint; want text`}},
 		{name: "remove_on_delete column", cfg: replace("{table: app.users, column: id}", "{table: app.users, column: user_id}"),
-			want: []string{`walhook.yaml:7: owners.remove_on_delete.column: column "user_id" does not exist in app.users`}},
+			want: []string{`walhook.yaml:8: owners.remove_on_delete.column: column "user_id" does not exist in app.users`}},
 		{name: "every mistake at once", cfg: replace(ordersACL, "acl: row.tenant_idd in owner.tenant || owner.admin"),
 			want: []string{`row.tenant_idd`, `owner.tenant:`}},
 	}

@@ -36,7 +36,7 @@ func TestSubscriptionsOutOfThePublication(t *testing.T) {
 	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'after the gap')`)
 	e.Recv.WaitRows(t, "/new", 1)
 	if got := e.Recv.Deliveries("/old"); len(got) != 0 {
-		t.Fatalf("the unsubscribed URL got %d deliveries", len(got))
+		t.Fatalf("the unsubscribed URL got %d deliveries: %s", len(got), got[0].Body)
 	}
 }
 

@@ -242,14 +242,18 @@ func (s *Stream) lostSlot(ctx context.Context) error {
 }
 
 type reader struct {
-	s          *Stream
-	conn       *pgconn.PgConn
-	out        chan<- Message
-	rels       relations
-	types      *typeResolver
-	source     string // change.Tx.Source of every transaction
-	cur        *Txn
-	seq        uint32
+	s      *Stream
+	conn   *pgconn.PgConn
+	out    chan<- Message
+	rels   relations
+	types  *typeResolver
+	source string // change.Tx.Source of every transaction
+	cur    *Txn
+	seq    uint32
+	// emitted says whether cur has handed the consumer anything yet: an
+	// empty transaction (PostgreSQL before 15 sends BEGIN and COMMIT for
+	// every transaction, published tables or not) is resolved here instead.
+	emitted    bool
 	nextStatus time.Time
 	timer      *time.Timer
 	sent       pglogrepl.LSN
@@ -329,6 +333,9 @@ func (r *reader) loop(ctx context.Context) error {
 // emit hands m to the consumer, sending status updates while it waits so a
 // slow consumer never gets the connection timed out.
 func (r *reader) emit(ctx context.Context, m Message) error {
+	if m.Kind != KindCommit {
+		r.emitted = true
+	}
 	for {
 		d := time.Until(r.nextStatus)
 		if d <= 0 {
@@ -398,7 +405,7 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 			return err
 		}
 		r.cur = r.s.tracker.open(change.Tx{Source: r.source, XID: m.Xid, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime})
-		r.seq = 0
+		r.seq, r.emitted = 0, false
 	case *pglogrepl.CommitMessage:
 		if r.cur == nil {
 			return fmt.Errorf("commit outside a transaction")
@@ -406,6 +413,11 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		t := r.cur
 		t.EndLSN = m.TransactionEndLSN
 		r.cur = nil
+		if !r.emitted {
+			// Nothing for the consumer: nothing to wait for either.
+			t.Seal()
+			return nil
+		}
 		return r.emit(ctx, Message{Kind: KindCommit, Txn: t})
 	case *pglogrepl.RelationMessage:
 		r.types.prepare(ctx, m)

@@ -28,7 +28,7 @@ func TestCheckCommand(t *testing.T) {
 		{name: "unknown key", config: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    colour: red\n", wantErr: `walhook.yaml:5: tables[0].colour: unknown key`, exitCode: 1},
 		{name: "unknown column with database", config: "tables:\n  - table: public.orders\n    noun: order\n    acl: 'true'\n    columns: {exclude: [nope]}\n", withDB: true, wantErr: `walhook.yaml:5: tables[0].columns.exclude`, exitCode: 1},
 		{name: "a typo in a rule", config: strings.Replace(string(demo.Config), "row.tenant_id in owner.tenants", "row.tenant_id in owner.tenant", 1), withDB: true,
-			wantErr: `walhook.yaml:14: tables[0].acl: column 18: owner.tenant: owners.query returns no column "tenant"; did you mean "tenants"?`, exitCode: 1},
+			wantErr: `walhook.yaml:15: tables[0].acl: column 18: owner.tenant: owners.query returns no column "tenant"; did you mean "tenants"?`, exitCode: 1},
 		{name: "unknown table with database", config: "tables:\n  - table: public.ordres\n    noun: order\n    acl: 'true'\n", withDB: true, wantErr: `walhook.yaml:2: tables[0].table`, exitCode: 1},
 	}
 	for _, tc := range tests {

@@ -128,11 +128,12 @@ func (e *Env) Confirmed() pglogrepl.LSN {
 	return si.ConfirmedFlush
 }
 
-// CurrentLSN returns pg_current_wal_lsn().
+// CurrentLSN returns pg_current_wal_insert_lsn(): past every commit made so
+// far (pg_current_wal_lsn() may lag behind them).
 func (e *Env) CurrentLSN() pglogrepl.LSN {
 	e.T.Helper()
 	var s string
-	if err := e.Conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+	if err := e.Conn.QueryRow(context.Background(), `SELECT pg_current_wal_insert_lsn()::text`).Scan(&s); err != nil {
 		e.T.Fatal(err)
 	}
 	l, err := pglogrepl.ParseLSN(s)

@@ -132,9 +132,11 @@ func Rebuild(ctx context.Context, db *pgxpool.Pool, lsn pglogrepl.LSN) (int64, p
 	var at pglogrepl.LSN
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		// The position first: whatever commits after it is both in the
-		// table read below and replayed, which is harmless.
+		// table read below and replayed, which is harmless. The insert
+		// position, not pg_current_wal_lsn(), which may lag behind commits
+		// already made (synchronous_commit = off).
 		var pos string
-		if err := tx.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&pos); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&pos); err != nil {
 			return fmt.Errorf("rebuild subscription log: %w", err)
 		}
 		var err error
