@@ -103,7 +103,7 @@ type PublicationDroppedError struct {
 
 func (e *PublicationDroppedError) Error() string {
 	msg := fmt.Sprintf("publication %s was dropped: slot %s cannot decode past the drop, even after the publication is created again. "+
-		"Recreate the slot: walhook uninstall --slot %s, then walhook install (changes since the drop are not delivered)", e.Publication, e.Slot, e.Slot)
+		"Recreate the slot: walhook install --recreate-slot --slot %s (changes since the drop are not delivered)", e.Publication, e.Slot, e.Slot)
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook"
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -101,6 +102,15 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		for _, n := range notes {
 			fmt.Fprintln(stdout, "note: "+n)
+		}
+		// What a failover would cost: the slot survives a promotion only on
+		// 17+ with the settings these lines name.
+		failover, err := cdc.FailoverReport(ctx, conn, c.Slot)
+		if err != nil {
+			return err
+		}
+		for _, f := range failover {
+			fmt.Fprintln(stdout, "failover: "+f)
 		}
 	}
 	fmt.Fprintf(stdout, "%s: ok: %d table(s), %d event(s)\n", cfg.File, len(cfg.Tables), len(mapper.Events()))
