@@ -23,7 +23,7 @@ type frozen struct {
 	Source   string         `json:"source"`
 	XID      uint32         `json:"xid"`
 	Commit   string         `json:"commit_lsn"`
-	End      string         `json:"end_lsn"`
+	End      string         `json:"end_lsn,omitempty"`
 	Time     time.Time      `json:"committed_at"`
 	Seq      uint32         `json:"seq"`
 	Sites    []string       `json:"sites,omitempty"`
@@ -56,7 +56,9 @@ func Freeze(ch *Change, sites []string) ([]byte, error) {
 	f.New, f.Old = freezeRow(ch.New), freezeRow(ch.Old)
 	if tx := ch.Tx; tx != nil {
 		f.Source, f.XID, f.Time = tx.Source, tx.XID, tx.CommitTime
-		f.Commit, f.End = tx.CommitLSN.String(), tx.EndLSN.String()
+		// Not EndLSN: the stream sets it at the commit, which may come while
+		// a change of the transaction is being held.
+		f.Commit = tx.CommitLSN.String()
 	}
 	return json.Marshal(f)
 }

@@ -10,7 +10,7 @@ func TestFreezeThaw(t *testing.T) {
 	rel := &Relation{ID: 42, Schema: "public", Name: "orders", ReplicaIdentity: 'f', Columns: []Column{
 		{Name: "id", TypeOID: 20, Key: true}, {Name: "note", TypeOID: 25}, {Name: "blob", TypeOID: 17},
 	}}
-	tx := &Tx{Source: "7/shop", XID: 9, CommitLSN: 0x1000, EndLSN: 0x1010, CommitTime: time.Date(2026, 12, 2, 1, 2, 3, 4000, time.UTC)}
+	tx := &Tx{Source: "7/shop", XID: 9, CommitLSN: 0x1000, CommitTime: time.Date(2026, 12, 2, 1, 2, 3, 4000, time.UTC)}
 	tests := []struct {
 		name string
 		ch   *Change
