@@ -301,6 +301,21 @@ func ensureOwnerTriggers(ctx context.Context, tx pgx.Tx, cfg *mapping.Config) ([
 		}
 	}
 	if cfg.Owners != nil {
+		// owners.query as a function of its own, so that each session plans
+		// it once instead of on every write to a watched table. $1 in the
+		// query is the function's ids; column names win over its OUT names.
+		const tag = "$walhook_owners_query$"
+		if strings.Contains(cfg.Owners.Query, tag) {
+			return nil, fmt.Errorf("owners.query contains %s, which walhook uses to quote it", tag)
+		}
+		if _, err := tx.Exec(ctx, `CREATE OR REPLACE FUNCTION walhook._owners_attrs(ids text[]) RETURNS TABLE (owner text, attrs jsonb)
+			LANGUAGE plpgsql STABLE SET search_path = pg_catalog, public AS `+tag+`
+			#variable_conflict use_column
+			BEGIN
+				RETURN QUERY SELECT r.id::text, to_jsonb(r) FROM (`+cfg.Owners.Query+`) r;
+			END `+tag); err != nil {
+			return nil, fmt.Errorf("define the owners query for the triggers: %w", err)
+		}
 		var n int
 		// Owners without a state, and those whose last refresh failed (a
 		// fixed owners.query takes effect here).

@@ -32,6 +32,16 @@ CREATE TABLE walhook.owner_log (
     PRIMARY KEY (owner, lsn)
 );
 
+-- _owners_attrs runs owners.query for ids and returns each owner found
+-- with its row as jsonb. install replaces it with a function whose body is
+-- the config's query, so that its plan is cached per session instead of
+-- planned on every write (this one finds no owner).
+CREATE FUNCTION walhook._owners_attrs(ids text[]) RETURNS TABLE (owner text, attrs jsonb)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN;
+END $$;
+
 -- _refresh_owners runs owners.query for ids that have subscriptions and
 -- writes what changed to owner_state. It runs as the schema's owner, so the
 -- writer needs no rights on schema walhook; the query reads the
@@ -39,12 +49,10 @@ CREATE TABLE walhook.owner_log (
 CREATE FUNCTION walhook._refresh_owners(ids text[]) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q text;
     wanted text[];
     n integer := 0;
 BEGIN
-    SELECT value INTO q FROM walhook.settings WHERE key = 'owners_query';
-    IF q IS NULL OR q = '' OR ids IS NULL THEN
+    IF ids IS NULL OR coalesce((SELECT value FROM walhook.settings WHERE key = 'owners_query'), '') = '' THEN
         RETURN 0;
     END IF;
     SELECT array_agg(DISTINCT s.owner) INTO wanted FROM walhook.subscriptions s WHERE s.owner = ANY (ids);
@@ -52,23 +60,20 @@ BEGIN
         RETURN 0;
     END IF;
     BEGIN
-        EXECUTE format($f$
-            WITH found AS (SELECT r.id::text AS owner, to_jsonb(r) AS attrs FROM (%s) r),
-                 want AS (SELECT unnest($1::text[]) AS owner),
-                 fresh AS (
-                    SELECT w.owner, f.attrs IS NOT NULL AS present,
-                           coalesce(f.attrs, jsonb_build_object('id', w.owner)) AS attrs
-                    FROM want w LEFT JOIN found f ON f.owner = w.owner),
-                 up AS (
-                    INSERT INTO walhook.owner_state AS s (owner, present, attrs)
-                    SELECT owner, present, attrs FROM fresh
-                    ON CONFLICT (owner) DO UPDATE SET present = excluded.present, attrs = excluded.attrs,
-                        error = NULL, updated_at = now()
-                    WHERE s.present IS DISTINCT FROM excluded.present OR s.attrs IS DISTINCT FROM excluded.attrs
-                        OR s.error IS NOT NULL
-                    RETURNING 1)
-            SELECT count(*) FROM up$f$, q)
-        INTO n USING wanted;
+        WITH found AS (SELECT * FROM walhook._owners_attrs(wanted)),
+             fresh AS (
+                SELECT w.owner, f.attrs IS NOT NULL AS present,
+                       coalesce(f.attrs, jsonb_build_object('id', w.owner)) AS attrs
+                FROM unnest(wanted) AS w(owner) LEFT JOIN found f ON f.owner = w.owner),
+             up AS (
+                INSERT INTO walhook.owner_state AS s (owner, present, attrs)
+                SELECT fresh.owner, fresh.present, fresh.attrs FROM fresh
+                ON CONFLICT (owner) DO UPDATE SET present = excluded.present, attrs = excluded.attrs,
+                    error = NULL, updated_at = now()
+                WHERE s.present IS DISTINCT FROM excluded.present OR s.attrs IS DISTINCT FROM excluded.attrs
+                    OR s.error IS NOT NULL
+                RETURNING 1)
+        SELECT count(*) INTO n FROM up;
     EXCEPTION WHEN OTHERS THEN
         -- The application's write must not fail for walhook's query: the
         -- owners are marked, and their deliveries held until a refresh works.
