@@ -222,7 +222,12 @@ func syncSettings(ctx context.Context, tx pgx.Tx, settings map[string]string, re
 			return fmt.Errorf("record setting %s: %w", k, err)
 		}
 		if tag.RowsAffected() > 0 {
-			rep.Changes = append(rep.Changes, fmt.Sprintf("setting %s = %s", k, settings[k]))
+			line := fmt.Sprintf("setting %s = %s", k, settings[k])
+			if k == "config_digest" {
+				// A hash says nothing to a reader; what it is for does.
+				line = "recorded this config's digest: a running walhook follows the change"
+			}
+			rep.Changes = append(rep.Changes, line)
 		}
 	}
 	return nil
