@@ -44,7 +44,8 @@ func TestConsole(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("GET /console/ = %d:\n%s", code, page)
 	}
-	for _, want := range []string{"leader streaming", e.Recv.URL + "/alice", e.Recv.URL + "/bob", "order.created, order.paid", "Slot lag", "Queue"} {
+	for _, want := range []string{"leader streaming", e.Recv.URL + "/alice", e.Recv.URL + "/bob", "order.created, order.paid", "Slot lag", "Queue",
+		"<caption>Processes"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("/console/ lacks %q", want)
 		}

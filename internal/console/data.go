@@ -34,6 +34,17 @@ type status struct {
 		ClientAddr  string `json:"client_addr"`
 		Application string `json:"application_name"`
 	} `json:"leader"`
+	// Processes are every walhook process that reported lately: the leader
+	// and the standbys, with their last pipeline error.
+	Processes []struct {
+		Name        string    `json:"name"`
+		Role        string    `json:"role"`
+		Streaming   bool      `json:"streaming"`
+		Version     string    `json:"version"`
+		Restarts    int64     `json:"restarts"`
+		LastError   string    `json:"last_error"`
+		LastErrorAt time.Time `json:"last_error_at"`
+	} `json:"processes"`
 	Subscriptions map[string]int64 `json:"subscriptions"`
 	Deliveries    struct {
 		Queued    int64      `json:"queued"`
