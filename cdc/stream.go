@@ -336,29 +336,38 @@ func (r *reader) emit(ctx context.Context, m Message) error {
 	if m.Kind != KindCommit {
 		r.emitted = true
 	}
-	for {
-		d := time.Until(r.nextStatus)
-		if d <= 0 {
-			if err := r.sendStatus(ctx); err != nil {
-				return err
-			}
-			continue
-		}
-		r.timer.Reset(d)
+	sent := false
+	return r.wait(ctx, func() bool { return sent }, func(timer <-chan time.Time) error {
 		select {
 		case r.out <- m:
-			return nil
+			sent = true
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-r.timer.C:
+		case <-timer:
 		}
-	}
+		return nil
+	})
 }
 
 // waitRoom waits while the tracker holds MaxPending unresolved
 // transactions, sending status updates meanwhile, like emit.
 func (r *reader) waitRoom(ctx context.Context) error {
-	for r.s.tracker.full() {
+	return r.wait(ctx, func() bool { return !r.s.tracker.full() }, func(timer <-chan time.Time) error {
+		select {
+		case <-r.s.tracker.room:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer:
+		}
+		return nil
+	})
+}
+
+// wait runs step until done, never longer at a time than until the next
+// status update is due, which it sends: the goroutine that owns the
+// replication connection never goes silent past the standby interval.
+func (r *reader) wait(ctx context.Context, done func() bool, step func(timer <-chan time.Time) error) error {
+	for !done() {
 		d := time.Until(r.nextStatus)
 		if d <= 0 {
 			if err := r.sendStatus(ctx); err != nil {
@@ -367,11 +376,8 @@ func (r *reader) waitRoom(ctx context.Context) error {
 			continue
 		}
 		r.timer.Reset(d)
-		select {
-		case <-r.s.tracker.room:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-r.timer.C:
+		if err := step(r.timer.C); err != nil {
+			return err
 		}
 	}
 	return nil
