@@ -98,14 +98,19 @@ DECLARE
 BEGIN
     IF col = '' THEN
         SELECT array_agg(DISTINCT owner) INTO ids FROM walhook.subscriptions;
-    ELSIF TG_OP = 'INSERT' THEN
-        EXECUTE format('SELECT array_agg(DISTINCT %I::text) FROM new_rows', col) INTO ids;
-    ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('SELECT array_agg(DISTINCT %I::text) FROM old_rows', col) INTO ids;
     ELSE
-        EXECUTE format('SELECT array_agg(DISTINCT id) FROM (SELECT %1$I::text AS id FROM new_rows UNION SELECT %1$I::text FROM old_rows) x', col) INTO ids;
+        -- Only the touched owners that have subscriptions: most writes to
+        -- an owners table touch none, and then nothing more runs.
+        EXECUTE format('SELECT array_agg(DISTINCT x.id) FROM (%s) x WHERE EXISTS (SELECT 1 FROM walhook.subscriptions s WHERE s.owner = x.id)',
+            CASE TG_OP
+                WHEN 'INSERT' THEN format('SELECT %I::text AS id FROM new_rows', col)
+                WHEN 'DELETE' THEN format('SELECT %I::text AS id FROM old_rows', col)
+                ELSE format('SELECT %1$I::text AS id FROM new_rows UNION ALL SELECT %1$I::text FROM old_rows', col)
+            END) INTO ids;
     END IF;
-    PERFORM walhook._refresh_owners(ids);
+    IF ids IS NOT NULL THEN
+        PERFORM walhook._refresh_owners(ids);
+    END IF;
     RETURN NULL;
 END $$;
 
