@@ -184,3 +184,37 @@ func TestDiscardHeld(t *testing.T) {
 		t.Fatalf("held row %q, %v", res, err)
 	}
 }
+
+// TestDroppedColumnHoldsUntilFixed: a column the acl rule reads is dropped
+// while walhook runs. The table no longer matches the config: its changes
+// are held (not judged on a row that lacks the column), and a start with a
+// config that no longer reads it sends them.
+func TestDroppedColumnHoldsUntilFixed(t *testing.T) {
+	t.Parallel()
+	cfg := strings.Replace(string(demo.Config), "row.tenant_id in owner.tenants || owner.admin", "row.status != 'secret' && (row.tenant_id in owner.tenants || owner.admin)", 1)
+	e := newEnv(t, cfg)
+	e.SubscribeAs("2", "order.created", "/bob")
+	svc := e.start()
+	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })
+	e.Exec(`ALTER TABLE public.orders DROP COLUMN status CASCADE`)
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES (1, 7, 10)`)
+	e.waitHeld(1)
+	if got := e.heldRows(); got[0] != "schema held" {
+		t.Fatalf("held %q, want a schema hold", got)
+	}
+	if got := e.Recv.Deliveries(""); len(got) != 0 {
+		t.Fatalf("%d deliveries while held, want none", len(got))
+	}
+	e.stop()
+	// The fix: the rule no longer reads status, and order.paid (which did)
+	// goes.
+	fixed := strings.Replace(string(demo.Config), `    events:
+      - name: order.paid
+        on: update
+        when: new.status == 'paid' && old.status != 'paid'
+`, "", 1)
+	e.writeConfig(fixed)
+	e.install()
+	e.start()
+	e.Recv.WaitRows(t, "/bob", 1)
+}
