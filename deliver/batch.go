@@ -98,6 +98,17 @@ func (b *batcher) flushAll() {
 	}
 }
 
+// abandon drops the batches collecting without sending them or calling
+// their members' Done.
+func (b *batcher) abandon() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for key, ob := range b.open {
+		ob.timer.Stop()
+		delete(b.open, key)
+	}
+}
+
 func (b *batcher) flushLocked(ob *openBatch) {
 	delete(b.open, ob.key)
 	ob.timer.Stop()

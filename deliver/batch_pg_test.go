@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -123,5 +124,42 @@ func BenchmarkWorkerEvents(b *testing.B) {
 			drain.Wait()
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 		})
+	}
+}
+
+// TestBatchDrainSendsPartialBatch: a drain (Wait) sends a batch that is
+// neither full nor due, and its members are done once it is recorded.
+func TestBatchDrainSendsPartialBatch(t *testing.T) {
+	db := newSchemaDB(t)
+	srv := newReceiver(t)
+	sub := insertSub(t, db, srv.URL+"/hook", true)
+	w := startWorker(t, db, testPolicy)
+	lim := &Batch{MaxEvents: 100, MaxWait: time.Minute, MaxBytes: 1 << 20}
+	var done atomic.Int32
+	for _, id := range []string{"a", "b"} {
+		r := request(sub, srv.URL+"/hook", id)
+		r.Body, r.Batch, r.Attempt = envelopeBody(id), lim, 1
+		r.Done = func() { done.Add(1) }
+		if err := w.Submit(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := done.Load(); n != 0 {
+		t.Fatalf("%d members done before their batch was sent", n)
+	}
+	w.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), pgWait)
+	defer cancel()
+	w.Flush(ctx)
+	if n := done.Load(); n != 2 {
+		t.Fatalf("%d members done after the drain, want 2", n)
+	}
+	var ids []string
+	var event, eventID string
+	if err := db.QueryRow(ctx, `SELECT event_ids, event, event_id FROM walhook.attempts`).Scan(&ids, &event, &eventID); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(ids, ",") != "a,b" || event != BatchEvent || eventID != BatchID([]string{"a", "b"}) {
+		t.Fatalf("attempt = %s %s %v, want %s %s [a b]", eventID, event, ids, BatchID([]string{"a", "b"}), BatchEvent)
 	}
 }

@@ -230,6 +230,10 @@ func (w *Worker) goSafe(name string, fn func()) {
 // panics (then it returns the panic as a *stage.PanicError). Deliveries
 // still running then are not recorded and so not acknowledged.
 func (w *Worker) Run(ctx context.Context) error {
+	// Batches still collecting when recording stops (a hard stop: a drain
+	// flushed them before) are dropped unsent: their events are not
+	// acknowledged and come back after the restart.
+	defer w.batches.abandon()
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var watch conc.WaitGroup
