@@ -3,6 +3,8 @@ package walhook
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -184,4 +186,66 @@ func TestBatchKilledMidBatchLosesNothing(t *testing.T) {
 	if b.ID != deliver.BatchID(b.eventIDs()) {
 		t.Fatalf("batch id %s, want %s", b.ID, deliver.BatchID(b.eventIDs()))
 	}
+}
+
+// TestBatchBacklogCatchUp: a backlog in transactions of 100 rows reaches a
+// batching subscription whole, each batch in commit order and batches in
+// the order of their first event, and says how fast, in events per second,
+// against the same backlog one event per request. WALHOOK_BATCH_ROWS sets
+// the backlog (default 2000) for a measurement.
+func TestBatchBacklogCatchUp(t *testing.T) {
+	t.Parallel()
+	rows := 2000
+	if v := os.Getenv("WALHOOK_BATCH_ROWS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 100 {
+			t.Fatalf("WALHOOK_BATCH_ROWS = %q, want a number of at least 100", v)
+		}
+		rows = n / 100 * 100
+	}
+	var rates []string
+	for _, dialect := range []string{"default", "bulk"} {
+		e := newEnv(t, batchConfig(t, 100, "200ms"))
+		e.Subscribe("customer.created", "/c", "/", dialect)
+		for i := 0; i < rows; i += 100 {
+			e.Exec(`INSERT INTO public.customers (id, tenant_id, name) SELECT g, 7, 'c' || g FROM generate_series($1::int, $2::int) g`, i+1, i+100)
+		}
+		start := time.Now()
+		e.start()
+		var got []float64
+		seen := 0
+		e2e.WaitFor(t, 5*time.Minute, "the backlog", func() bool {
+			ds := e.Recv.Deliveries("/c")
+			for _, d := range ds[seen:] {
+				if dialect == "default" {
+					id, _ := d.Envelope(t)["data"].(map[string]any)["id"].(float64)
+					got = append(got, id)
+					continue
+				}
+				got = append(got, decodeBatch(t, d).rows()...)
+			}
+			seen = len(ds)
+			return len(got) >= rows
+		})
+		elapsed := time.Since(start)
+		e.stop()
+		requests := len(e.Recv.Deliveries("/c"))
+		if dialect == "bulk" {
+			// Batches are sent in order, up to max_per_host at a time, so they
+			// may arrive out of order; within each, rows are in commit order.
+			for _, d := range e.Recv.Deliveries("/c") {
+				r := decodeBatch(t, d).rows()
+				if !slices.IsSorted(r) {
+					t.Fatalf("batch rows %v out of commit order", r)
+				}
+			}
+		}
+		slices.Sort(got)
+		got = slices.Compact(got)
+		if len(got) != rows || got[0] != 1 || got[len(got)-1] != float64(rows) {
+			t.Fatalf("%s: %d distinct rows from %v to %v, want 1..%d", dialect, len(got), got[0], got[len(got)-1], rows)
+		}
+		rates = append(rates, fmt.Sprintf("%s: %d events in %d requests, %.0f events/s", dialect, rows, requests, float64(rows)/elapsed.Seconds()))
+	}
+	t.Logf("catch-up from start (service start included): %s", strings.Join(rates, "; "))
 }
