@@ -13,6 +13,8 @@ import (
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/walhook/walhook/deliver"
 	"github.com/walhook/walhook/internal/e2e"
 )
@@ -159,21 +161,41 @@ func TestBatchKilledMidBatchLosesNothing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, batchConfig(t, 3, "60s"))
 	e.Subscribe("customer.created", "/bulk", "/", "bulk")
+	e.Subscribe("customer.created", "/single", "/", "default")
 	svc := e.start()
 	e2e.WaitFor(t, 30*time.Second, "the service to stream", func() bool { return svc.Health().Ready })
-	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'a'), (2, 7, 'b')`)
-	lsn := e.CurrentLSN()
-	// A later write that maps to nothing lets the slot advance up to, not
-	// past, the transaction whose events wait in the batch.
-	e.Exec(`SELECT pg_logical_emit_message(true, 'walhook-test', 'x')`)
+	// beforeCommit is inside the transaction, before its commit record: a
+	// slot confirmed past it has acknowledged the transaction.
+	ctx := context.Background()
+	tx, err := e.Conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var beforeCommit pglogrepl.LSN
+	var s string
+	if _, err := tx.Exec(ctx, `INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'a'), (2, 7, 'b')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	if beforeCommit, err = pglogrepl.ParseLSN(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The unbatched subscription's deliveries show the transaction was read
+	// and fanned out, to the batch too.
+	e.Recv.WaitRows(t, "/single", 1, 2)
 	_ = svc.StopAndCancel(context.Background())
 	e.svc.wg.Wait()
 	e.svc = nil
 	if n := len(e.Recv.Deliveries("/bulk")); n != 0 {
 		t.Fatalf("receiver got %d requests before the batch was full, want 0", n)
 	}
-	if c := e.Confirmed(); c >= lsn {
-		t.Fatalf("confirmed %s at or past %s with the batch unsent: its events would be lost", c, lsn)
+	if c := e.Confirmed(); c > beforeCommit {
+		t.Fatalf("confirmed %s past the batched transaction (before its commit: %s) with the batch unsent: its events would be lost", c, beforeCommit)
 	}
 
 	e.start()

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/walhook/walhook/internal/stage"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -68,7 +69,13 @@ func (b *batcher) add(ctx context.Context, r *Request) {
 	if ob == nil {
 		ob = &openBatch{key: key, ctx: ctx, size: batchOverhead - 1}
 		b.open[key] = ob
-		ob.timer = time.AfterFunc(lim.MaxWait, func() { b.expire(ob) })
+		ob.timer = time.AfterFunc(lim.MaxWait, func() {
+			// The timer's goroutine is the runtime's: a panic in it fails the
+			// worker like one in a delivery goroutine.
+			if err := stage.Run("deliver batch timer", func() error { b.expire(ob); return nil }); err != nil {
+				b.w.fail(err)
+			}
+		})
 	}
 	ob.reqs = append(ob.reqs, r)
 	ob.size += 1 + len(r.Body)

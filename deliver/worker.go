@@ -218,11 +218,16 @@ func newWorker(cfg Config, logger *slog.Logger) *Worker {
 func (w *Worker) goSafe(name string, fn func()) {
 	w.wg.Go(func() {
 		if err := stage.Run(name, func() error { fn(); return nil }); err != nil {
-			w.failOnce.Do(func() {
-				w.failure = err
-				close(w.failed)
-			})
+			w.fail(err)
 		}
+	})
+}
+
+// fail makes Run return err, a panic of a delivery goroutine.
+func (w *Worker) fail(err error) {
+	w.failOnce.Do(func() {
+		w.failure = err
+		close(w.failed)
 	})
 }
 
