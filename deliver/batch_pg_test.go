@@ -3,14 +3,18 @@ package deliver
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sourcegraph/conc"
+
+	"github.com/walhook/walhook/mapping"
 )
 
 // envelopeBody is an envelope of about the size of a demo customer's.
@@ -161,5 +165,50 @@ func TestBatchDrainSendsPartialBatch(t *testing.T) {
 	}
 	if strings.Join(ids, ",") != "a,b" || event != BatchEvent || eventID != BatchID([]string{"a", "b"}) {
 		t.Fatalf("attempt = %s %s %v, want %s %s [a b]", eventID, event, ids, BatchID([]string{"a", "b"}), BatchEvent)
+	}
+}
+
+// TestQueuedEventToBatchingDialect: one event queued for a batching dialect
+// (as a released held delivery is) is sent as a batch of one.
+func TestQueuedEventToBatchingDialect(t *testing.T) {
+	ctx := context.Background()
+	db := newSchemaDB(t)
+	bodies := make(chan []byte, 1)
+	ids := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		bodies <- body
+		ids <- r.Header.Get("webhook-id")
+	}))
+	t.Cleanup(srv.Close)
+	sub := insertSub(t, db, srv.URL+"/hook", true)
+	w := startWorker(t, db, testPolicy)
+	bulk := &Dialect{Name: "bulk", Body: mapping.BodyEnvelope, Method: http.MethodPost, Header: http.Header{},
+		Batch: &Batch{MaxEvents: 10, MaxWait: time.Minute, MaxBytes: 1 << 20}}
+	q := NewQueue(QueueConfig{Name: "sender", PollInterval: 20 * time.Millisecond, Retry: testPolicy,
+		Dialects: map[string]*Dialect{"bulk": bulk}}, db, w, slog.New(slog.DiscardHandler))
+	stop, cancel := context.WithCancel(ctx)
+	var wg conc.WaitGroup
+	wg.Go(func() { _ = q.Run(stop, ctx) })
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	r := request(sub, srv.URL+"/hook", "e1")
+	r.Dialect, r.Body = "bulk", envelopeBody("e1")
+	if err := Enqueue(ctx, db, []*Request{r}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case body := <-bodies:
+		id := BatchID([]string{"e1"})
+		if want := `{"id":"` + id + `","events":[` + string(envelopeBody("e1")) + `]}`; string(body) != want {
+			t.Fatalf("body = %s, want %s", body, want)
+		}
+		if got := <-ids; got != id {
+			t.Fatalf("webhook-id = %s, want %s", got, id)
+		}
+	case <-time.After(pgWait):
+		t.Fatal("the queued event was not sent")
 	}
 }

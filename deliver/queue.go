@@ -274,6 +274,14 @@ func (q *Queue) request(d queued) *Request {
 	if dl := q.cfg.Dialects[d.dialect]; dl != nil {
 		// The stored headers lack credentials; the dialect has them.
 		r.Header, r.UserAgent, r.RateLimit = dl.Header, dl.UserAgent, dl.RateLimit
+		if dl.Batch != nil && r.Event != BatchEvent {
+			// One event queued for a batching dialect (a held delivery
+			// released, a redelivery of an attempt made before the dialect
+			// batched) goes as a batch of one: its receiver gets one format.
+			b := batchRequest([]*Request{r})
+			b.Attempt, b.members, b.Done = r.Attempt, nil, nil
+			return b
+		}
 	}
 	return r
 }
