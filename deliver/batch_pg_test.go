@@ -185,15 +185,7 @@ func TestQueuedEventToBatchingDialect(t *testing.T) {
 	w := startWorker(t, db, testPolicy)
 	bulk := &Dialect{Name: "bulk", Body: mapping.BodyEnvelope, Method: http.MethodPost, Header: http.Header{},
 		Batch: &Batch{MaxEvents: 10, MaxWait: time.Minute, MaxBytes: 1 << 20}}
-	q := NewQueue(QueueConfig{Name: "sender", PollInterval: 20 * time.Millisecond, Retry: testPolicy,
-		Dialects: map[string]*Dialect{"bulk": bulk}}, db, w, slog.New(slog.DiscardHandler))
-	stop, cancel := context.WithCancel(ctx)
-	var wg conc.WaitGroup
-	wg.Go(func() { _ = q.Run(stop, ctx) })
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-	})
+	runQueue(t, db, w, map[string]*Dialect{"bulk": bulk})
 	r := request(sub, srv.URL+"/hook", "e1")
 	r.Dialect, r.Body = "bulk", envelopeBody("e1")
 	if err := Enqueue(ctx, db, []*Request{r}); err != nil {
