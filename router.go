@@ -464,6 +464,7 @@ func (r *router) fanOut(ctx context.Context, txn work, ev *mapping.Event, site s
 			Attempt:        1,
 			Committed:      ev.Change.Tx.CommitTime,
 			Done:           txn.Done,
+			Batch:          d.Batch,
 		})
 		if err != nil {
 			// Not submitted: nothing will call Done, and the transaction

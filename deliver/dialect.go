@@ -17,7 +17,25 @@ type Dialect struct {
 	Header    http.Header // extra headers, canonicalised
 	// RateLimit caps requests per second to one target URL; 0 is no cap.
 	RateLimit float64
+	// Batch sends many events in one request; nil sends one per request.
+	Batch *Batch
 }
+
+// Batch is a dialect's batching: events to one subscription are collected
+// until MaxEvents, MaxBytes of batch document, or MaxWait since the first,
+// then sent as one request.
+type Batch struct {
+	MaxEvents int
+	MaxWait   time.Duration
+	MaxBytes  int
+}
+
+// Batch defaults, applied by Dialects where the config's batch: is silent.
+const (
+	DefaultBatchEvents = 100
+	DefaultBatchWait   = 200 * time.Millisecond
+	DefaultBatchBytes  = 1 << 20
+)
 
 // Dialect defaults, applied by Dialects where the config is silent.
 const (
@@ -42,6 +60,18 @@ func Dialects(cfg *mapping.Config, version string) map[string]*Dialect {
 		}
 		if d.Body == "" {
 			d.Body = mapping.BodyEnvelope
+		}
+		if b := dc.Batch; b != nil {
+			d.Batch = &Batch{MaxEvents: b.MaxEvents, MaxWait: b.MaxWait, MaxBytes: b.MaxBytes}
+			if d.Batch.MaxEvents <= 0 {
+				d.Batch.MaxEvents = DefaultBatchEvents
+			}
+			if d.Batch.MaxWait <= 0 {
+				d.Batch.MaxWait = DefaultBatchWait
+			}
+			if d.Batch.MaxBytes <= 0 {
+				d.Batch.MaxBytes = DefaultBatchBytes
+			}
 		}
 		if d.Method == "" {
 			d.Method = DefaultMethod

@@ -12,5 +12,9 @@
 //     belongs to cannot be acknowledged on the slot. A write that fails is
 //     retried, never dropped; on shutdown an unwritten outcome is left
 //     unacknowledged, so the change is delivered again after restart.
+//   - A batch request (a dialect's batch:) carries its members' Done: each is
+//     called when the batch's outcome is written, never before. Events of a
+//     batch are in submission order, and batches of one subscription enter
+//     its destination's queue in the order of their first event.
 //   - Secrets and signature headers are never logged nor stored.
 package deliver

@@ -90,6 +90,7 @@ type queued struct {
 	body                          []byte
 	attempt                       int
 	secret, prevSecret            *string
+	eventIDs                      []string // a batch's, else nil
 }
 
 // Run polls for due deliveries until stop ends; attempts are made under work,
@@ -189,14 +190,14 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 			WHERE d.id = due.id AND s.id = d.subscription_id
 			RETURNING d.id, d.subscription_id::text, d.event_id, d.event, d.target_url, d.method,
 				d.headers, d.body, d.attempt, coalesce(d.dialect, ''), d.committed_at, s.secret,
-				CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END`,
+				CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END, d.event_ids`,
 			q.cfg.ClaimBatch, q.cfg.Lease.Milliseconds(), q.cfg.Name)
 		if err != nil {
 			return err
 		}
 		var d queued
 		_, err = pgx.ForEachRow(rows, []any{&d.id, &d.sub, &d.eventID, &d.event, &d.url, &d.mth,
-			&d.headers, &d.body, &d.attempt, &d.dialect, &d.committed, &d.secret, &d.prevSecret}, func() error {
+			&d.headers, &d.body, &d.attempt, &d.dialect, &d.committed, &d.secret, &d.prevSecret, &d.eventIDs}, func() error {
 			out = append(out, d)
 			d = queued{}
 			return nil
@@ -265,6 +266,7 @@ func (q *Queue) request(d queued) *Request {
 		PrevKey:        prev,
 		Attempt:        d.attempt + 1,
 		Dialect:        d.dialect,
+		EventIDs:       d.eventIDs,
 	}
 	if d.committed != nil {
 		r.Committed = *d.committed
@@ -272,6 +274,14 @@ func (q *Queue) request(d queued) *Request {
 	if dl := q.cfg.Dialects[d.dialect]; dl != nil {
 		// The stored headers lack credentials; the dialect has them.
 		r.Header, r.UserAgent, r.RateLimit = dl.Header, dl.UserAgent, dl.RateLimit
+		if dl.Batch != nil && r.Event != BatchEvent {
+			// One event queued for a batching dialect (a held delivery
+			// released, a redelivery of an attempt made before the dialect
+			// batched) goes as a batch of one: its receiver gets one format.
+			b := batchRequest([]*Request{r})
+			b.Attempt, b.members, b.Done = r.Attempt, nil, nil
+			return b
+		}
 	}
 	return r
 }

@@ -342,14 +342,7 @@ func TestQueueSendsDueDeliveries(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	w := startWorker(t, db, testPolicy) // schedule of 3 attempts
-	q := NewQueue(QueueConfig{Name: "sender", PollInterval: 20 * time.Millisecond, Retry: testPolicy}, db, w, slog.New(slog.DiscardHandler))
-	stop, cancel := context.WithCancel(ctx)
-	var wg conc.WaitGroup
-	wg.Go(func() { _ = q.Run(stop, ctx) })
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-	})
+	runQueue(t, db, w, nil)
 
 	tests := []struct {
 		name         string
@@ -422,4 +415,20 @@ func TestQueueSendsDueDeliveries(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runQueue runs a Queue polling every 20ms, sending through w with the
+// given dialects, until the test ends.
+func runQueue(tb testing.TB, db *pgxpool.Pool, w *Worker, dialects map[string]*Dialect) {
+	tb.Helper()
+	q := NewQueue(QueueConfig{Name: "sender", PollInterval: 20 * time.Millisecond, Retry: testPolicy, Dialects: dialects},
+		db, w, slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	stop, cancel := context.WithCancel(ctx)
+	var wg conc.WaitGroup
+	wg.Go(func() { _ = q.Run(stop, ctx) })
+	tb.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
 }

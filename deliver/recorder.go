@@ -237,7 +237,7 @@ func (rc *recorder) run(ctx context.Context) error {
 
 var attemptColumns = []string{"subscription_id", "event_id", "event", "attempt", "status", "response_status",
 	"response_excerpt", "error", "target_url", "request_method", "request_headers", "request_body", "duration_ms",
-	"request_dialect"}
+	"request_dialect", "event_ids"}
 
 // subTally is what one batch did to one subscription's failure count.
 type subTally struct {
@@ -301,13 +301,15 @@ func (rc *recorder) write(ctx context.Context, batch []record) error {
 	}
 	if len(newQ.sub) > 0 {
 		if _, err := tx.Exec(ctx, `INSERT INTO walhook.deliveries
-			(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect, committed_at)
-			SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond', nullif(dl, ''), c
+			(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect, committed_at,
+			 event_ids)
+			SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond', nullif(dl, ''), c,
+				string_to_array(nullif(ids, ''), ',')
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[],
-				$10::text[], $11::timestamptz[])
-				AS q(s, e, ev, u, m, h, b, n, d, dl, c)`,
+				$10::text[], $11::timestamptz[], $12::text[])
+				AS q(s, e, ev, u, m, h, b, n, d, dl, c, ids)`,
 			newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS,
-			newQ.dialect, newQ.committed); err != nil {
+			newQ.dialect, newQ.committed, newQ.eventIDs); err != nil {
 			return fmt.Errorf("queue %d retries: %w", len(newQ.sub), err)
 		}
 	}
@@ -435,6 +437,7 @@ func (rc *recorder) account(ctx context.Context, tx pgx.Tx, p RetryPolicy, tally
 type queueRows struct {
 	sub, eventID, event, url, method []string
 	dialect                          []string // "" stored as NULL
+	eventIDs                         []string // a batch's event ids, comma-joined; "" stored as NULL
 	committed                        []*time.Time
 	headers                          [][]byte
 	body                             [][]byte
@@ -450,6 +453,7 @@ func (q *queueRows) add(r *Request, delay time.Duration) {
 	q.method = append(q.method, methodOf(r))
 	q.headers = append(q.headers, storedHeaders(r.Header))
 	q.dialect = append(q.dialect, r.Dialect)
+	q.eventIDs = append(q.eventIDs, strings.Join(r.EventIDs, ","))
 	var c *time.Time
 	if !r.Committed.IsZero() {
 		t := r.Committed
@@ -499,7 +503,7 @@ func attemptRow(r *Request, o Outcome) []any {
 	}
 	return []any{r.SubscriptionID, r.EventID, r.Event, max(r.Attempt, 1), status, respStatus,
 		excerpt, errText, r.URL, methodOf(r), storedHeaders(r.Header), r.Body, int32(o.Duration / time.Millisecond),
-		dialectOf(r)}
+		dialectOf(r), r.EventIDs}
 }
 
 // newestPerSubscription returns the records of batch to write as attempt
@@ -562,6 +566,7 @@ func (rc *recorder) insertAttempts(ctx context.Context, tx pgx.Tx, batch []recor
 		excerpt, errText                         = make([]*string, n), make([]*string, n)
 		headers, body                            = make([][]byte, n), make([][]byte, n)
 		dialect                                  = make([]*string, n)
+		eventIDs                                 = make([]string, n) // comma-joined; "" for NULL
 	)
 	for i, rec := range batch {
 		row := attemptRow(rec.r, rec.o)
@@ -585,12 +590,15 @@ func (rc *recorder) insertAttempts(ctx context.Context, tx pgx.Tx, batch []recor
 		if v, ok := row[13].(string); ok {
 			dialect[i] = &v
 		}
+		eventIDs[i] = strings.Join(rec.r.EventIDs, ",")
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO walhook.attempts (subscription_id, event_id, event, attempt, status, response_status,
-			response_excerpt, error, target_url, request_method, request_headers, request_body, duration_ms, request_dialect)
-		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], $7::text[], $8::text[],
-			$9::text[], $10::text[], $11::jsonb[], $12::bytea[], $13::int[], $14::text[])`,
-		sub, eventID, event, attempt, status, respStatus, excerpt, errText, url, method, headers, body, duration, dialect)
+			response_excerpt, error, target_url, request_method, request_headers, request_body, duration_ms, request_dialect, event_ids)
+		SELECT s, e, ev, n, st, rs, x, er, u, m, h, b, d, dl, string_to_array(nullif(ids, ''), ',')
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], $7::text[], $8::text[],
+			$9::text[], $10::text[], $11::jsonb[], $12::bytea[], $13::int[], $14::text[], $15::text[])
+			AS q(s, e, ev, n, st, rs, x, er, u, m, h, b, d, dl, ids)`,
+		sub, eventID, event, attempt, status, respStatus, excerpt, errText, url, method, headers, body, duration, dialect, eventIDs)
 	if err != nil {
 		return fmt.Errorf("insert attempts: %w", err)
 	}

@@ -49,3 +49,39 @@ func TestDialectDefaults(t *testing.T) {
 		t.Fatalf("zapier rate_limit: 0 gives %v, want no limit", d["zapier"].RateLimit)
 	}
 }
+
+func TestDialectBatch(t *testing.T) {
+	t.Parallel()
+	cfg, err := mapping.Parse("walhook.yaml", []byte(`tables:
+  - table: public.orders
+    noun: order
+    acl: "true"
+dialects:
+  bulk:
+    batch: {max_events: 5}
+  big:
+    batch: {max_events: 10000, max_wait: 1m, max_bytes: 16777216}
+  plain: {}
+`))
+	if err != nil {
+		t.Fatalf("Parse() = %v", err)
+	}
+	d := Dialects(cfg, "test")
+	tests := []struct {
+		name string
+		want *Batch
+	}{
+		{"bulk", &Batch{MaxEvents: 5, MaxWait: DefaultBatchWait, MaxBytes: DefaultBatchBytes}},
+		{"big", &Batch{MaxEvents: 10000, MaxWait: time.Minute, MaxBytes: 16 << 20}},
+		{"plain", nil},
+		{"default", nil},
+		{"zapier", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := d[tc.name].Batch; !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("Dialects()[%q].Batch = %+v, want %+v", tc.name, got, tc.want)
+			}
+		})
+	}
+}

@@ -83,6 +83,16 @@ type Request struct {
 	Committed time.Time
 	// Done is called once the attempt's outcome is durably recorded.
 	Done func()
+	// Batch, set on a first attempt, lets the worker send it with other
+	// events to the same subscription in one request (the dialect's batch);
+	// nil sends it alone.
+	Batch *Batch
+	// EventIDs are the ids of the events a batch request carries, in commit
+	// order; nil for a request of one event.
+	EventIDs []string
+	// members are the requests a batch request carries: each holds an
+	// admission, and each one's Done is called when the batch's is.
+	members []*Request
 }
 
 // Outcome is what one attempt came to.
@@ -108,8 +118,8 @@ func (o Outcome) Succeeded() bool { return o.Err == nil && o.Status >= 200 && o.
 // its own queue, holding none. Memory is bounded by MaxQueued: Submit
 // blocks while that many deliveries are queued, in flight or unrecorded.
 //
-// Lock order: mu is the only mutex; no channel operation that can block is
-// done while holding it.
+// Lock order: batches.mu, then mu; no channel operation that can block is
+// done while holding either.
 type Worker struct {
 	cfg    Config
 	log    *slog.Logger
@@ -128,6 +138,9 @@ type Worker struct {
 	limiters map[string]*rate.Limiter
 
 	wg conc.WaitGroup
+
+	// batches collects the requests of batching dialects.
+	batches *batcher
 
 	// failed is closed when a delivery goroutine panicked; failure holds
 	// the panic. Run returns it, which stops the pipeline that owns the
@@ -186,7 +199,7 @@ func newWorker(cfg Config, logger *slog.Logger) *Worker {
 		client = NewClient(ClientConfig{Timeout: cfg.Timeout, AllowPrivate: cfg.AllowPrivate,
 			AllowCIDRs: cfg.AllowCIDRs, MaxPerHost: cfg.MaxPerHost})
 	}
-	return &Worker{
+	w := &Worker{
 		cfg:      cfg,
 		log:      logger.With("component", "deliver"),
 		client:   client,
@@ -196,6 +209,8 @@ func newWorker(cfg Config, logger *slog.Logger) *Worker {
 		limiters: map[string]*rate.Limiter{},
 		failed:   make(chan struct{}),
 	}
+	w.batches = newBatcher(w)
+	return w
 }
 
 // goSafe runs fn on a goroutine the worker waits for; a panic in it fails
@@ -203,11 +218,16 @@ func newWorker(cfg Config, logger *slog.Logger) *Worker {
 func (w *Worker) goSafe(name string, fn func()) {
 	w.wg.Go(func() {
 		if err := stage.Run(name, func() error { fn(); return nil }); err != nil {
-			w.failOnce.Do(func() {
-				w.failure = err
-				close(w.failed)
-			})
+			w.fail(err)
 		}
+	})
+}
+
+// fail makes Run return err, a panic of a delivery goroutine.
+func (w *Worker) fail(err error) {
+	w.failOnce.Do(func() {
+		w.failure = err
+		close(w.failed)
 	})
 }
 
@@ -215,6 +235,10 @@ func (w *Worker) goSafe(name string, fn func()) {
 // panics (then it returns the panic as a *stage.PanicError). Deliveries
 // still running then are not recorded and so not acknowledged.
 func (w *Worker) Run(ctx context.Context) error {
+	// Batches still collecting when recording stops (a hard stop: a drain
+	// flushed them before) are dropped unsent: their events are not
+	// acknowledged and come back after the restart.
+	defer w.batches.abandon()
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var watch conc.WaitGroup
@@ -243,11 +267,21 @@ func (w *Worker) Submit(ctx context.Context, r *Request) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	if r.Batch != nil && r.Attempt <= 1 {
+		w.batches.add(ctx, r)
+		return nil
+	}
+	w.enqueue(ctx, r)
+	return nil
+}
+
+// enqueue puts an admitted request in its destination's queue.
+func (w *Worker) enqueue(ctx context.Context, r *Request) {
 	_, dest, err := w.target(r.URL)
 	if err != nil {
 		// Refused before any network: no destination queue to wait in.
 		w.goSafe("deliver refused", func() { w.finish(ctx, r, Outcome{Err: err}) })
-		return nil
+		return
 	}
 	w.mu.Lock()
 	h := w.hosts[dest]
@@ -264,7 +298,6 @@ func (w *Worker) Submit(ctx context.Context, r *Request) error {
 	if start {
 		w.goSafe("deliver "+dest, func() { w.runHost(dest, h) })
 	}
-	return nil
 }
 
 // runHost delivers dest's queue in order until it is empty, holding one of
@@ -328,7 +361,11 @@ func (w *Worker) pace(ctx context.Context, r *Request) error {
 
 // finish hands the outcome on and gives back the delivery's admission.
 func (w *Worker) finish(ctx context.Context, r *Request, o Outcome) {
-	defer func() { <-w.admit }()
+	defer func() {
+		for range max(len(r.members), 1) {
+			<-w.admit
+		}
+	}()
 	if o.Succeeded() && !r.Committed.IsZero() {
 		w.cfg.Observer.Latency(time.Since(r.Committed))
 	}
@@ -349,9 +386,13 @@ func (w *Worker) Flush(ctx context.Context) {
 	}
 }
 
-// Wait waits for the deliveries submitted so far to finish their HTTP
-// attempt and be handed to the recorder.
-func (w *Worker) Wait() { w.wg.Wait() }
+// Wait sends the batches still collecting, then waits for the deliveries
+// submitted so far to finish their HTTP attempt and be handed to the
+// recorder.
+func (w *Worker) Wait() {
+	w.batches.flushAll()
+	w.wg.Wait()
+}
 
 // target checks a target URL and returns it with its destination key,
 // host:port with the scheme's default port made explicit, so that

@@ -153,8 +153,26 @@ type DialectConfig struct {
 	// RateLimit caps requests per second to one target URL; 0 is no cap,
 	// nil is the dialect's default (deliver).
 	RateLimit *float64
-	Line      int // 0 for a built-in dialect the config does not mention
+	// Batch sends many events in one request; nil sends one per request.
+	Batch *BatchConfig
+	Line  int // 0 for a built-in dialect the config does not mention
 }
+
+// BatchConfig is a dialect's batch: block. Zero fields take deliver's
+// defaults.
+type BatchConfig struct {
+	MaxEvents int
+	MaxWait   time.Duration
+	MaxBytes  int
+	Line      int
+}
+
+// Batch limits a config may set.
+const (
+	MaxBatchEvents = 10_000
+	MaxBatchWait   = time.Minute
+	MaxBatchBytes  = 16 << 20
+)
 
 var (
 	nounRE    = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
@@ -543,7 +561,7 @@ func (p *parser) dialects(dialects map[string]*DialectConfig, v *yaml.Node) {
 			dialects[name] = d
 		}
 		d.Line = k.Line
-		p.fields(v, path, []string{"body", "headers", "method", "user_agent", "rate_limit"}, func(key string, k, v *yaml.Node) {
+		p.fields(v, path, []string{"body", "headers", "method", "user_agent", "rate_limit", "batch"}, func(key string, k, v *yaml.Node) {
 			f := path + "." + key
 			switch key {
 			case "body":
@@ -578,9 +596,52 @@ func (p *parser) dialects(dialects map[string]*DialectConfig, v *yaml.Node) {
 				} else {
 					d.RateLimit = &r
 				}
+			case "batch":
+				d.Batch = p.batch(v, f)
 			}
 		})
+		if d.Batch != nil && d.Body != BodyEnvelope {
+			p.add(d.Batch.Line, path+".batch", "only envelope bodies can be batched (the dialect sends row bodies)")
+		}
 	})
+}
+
+// batch reads a dialect's batch: {max_events, max_wait, max_bytes}.
+func (p *parser) batch(v *yaml.Node, path string) *BatchConfig {
+	b := &BatchConfig{Line: v.Line}
+	if v.Kind != yaml.MappingNode {
+		p.add(v.Line, path, "want a mapping such as {max_events: 100, max_wait: 200ms}, got "+describe(v))
+		return b
+	}
+	p.fields(v, path, []string{"max_events", "max_wait", "max_bytes"}, func(key string, k, v *yaml.Node) {
+		f := path + "." + key
+		switch key {
+		case "max_events":
+			if n := p.count(v, f, 1); n > MaxBatchEvents {
+				p.add(v.Line, f, fmt.Sprintf("%d is too large (want at most %d)", n, MaxBatchEvents))
+			} else {
+				b.MaxEvents = n
+			}
+		case "max_wait":
+			d, ok := p.duration(v, f)
+			switch {
+			case !ok:
+			case d > MaxBatchWait:
+				p.add(v.Line, f, fmt.Sprintf("%s is too long (want at most %s)", v.Value, MaxBatchWait))
+			case d == 0:
+				p.add(v.Line, f, "want a positive duration such as 200ms")
+			default:
+				b.MaxWait = d
+			}
+		case "max_bytes":
+			if n := p.count(v, f, 1024); n > MaxBatchBytes {
+				p.add(v.Line, f, fmt.Sprintf("%d is too large (want at most %d, 16 MiB)", n, MaxBatchBytes))
+			} else {
+				b.MaxBytes = n
+			}
+		}
+	})
+	return b
 }
 
 func (p *parser) headers(v *yaml.Node, path string) map[string]string {

@@ -254,6 +254,17 @@ func TestLoadBadFiles(t *testing.T) {
 			`15: dialects.slack.headers.user-agent: header user-agent is reserved: set the dialect's user_agent instead`,
 			`17: dialects.zapier.rate_limit: want requests per second to one target, a number from 0 (no limit) to 1000000, got "fast"`,
 		}},
+		{"bad-batch.yaml", []string{
+			`8: dialects.rows.batch: only envelope bodies can be batched (the dialect sends row bodies)`,
+			`11: dialects.bulk.batch.max_events: 20000 is too large (want at most 10000)`,
+			`12: dialects.bulk.batch.max_wait: 2m is too long (want at most 1m0s)`,
+			`13: dialects.bulk.batch.max_bytes: 100 is too small (want at least 1024)`,
+			`15: dialects.zero.batch.max_events: 0 is too small (want at least 1)`,
+			`15: dialects.zero.batch.max_wait: want a positive duration such as 200ms`,
+			`15: dialects.zero.batch.extra: unknown key "extra" (allowed: max_events, max_wait, max_bytes)`,
+			`17: dialects.zapier.batch: only envelope bodies can be batched (the dialect sends row bodies)`,
+			`19: dialects.scalar.batch: want a mapping such as {max_events: 100, max_wait: 200ms}, got "yes"`,
+		}},
 		{"bad-derived.yaml", []string{
 			`6: tables[0].events[0].name: invalid event name "paid" (want noun.verb in lower-case letters, digits and _, e.g. order.paid)`,
 			`10: tables[0].events[1].on: unknown operation "upsert" (want insert, update or delete)`,

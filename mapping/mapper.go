@@ -317,6 +317,12 @@ func EventID(source string, commitLSN pglogrepl.LSN, seq uint32, name string) st
 	in = binary.BigEndian.AppendUint32(in, seq)
 	in = append(in, name...)
 	sum := sha256.Sum256(in)
+	return UUIDv8(sum)
+}
+
+// UUIDv8 formats the first 16 bytes of a SHA-256 sum as a version 8 UUID:
+// the form of every id walhook derives (event ids, batch ids).
+func UUIDv8(sum [sha256.Size]byte) string {
 	u := sum[:16]
 	u[6] = u[6]&0x0f | 0x80 // version 8
 	u[8] = u[8]&0x3f | 0x80 // variant 10
