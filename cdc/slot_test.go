@@ -258,6 +258,14 @@ func TestSlotLost(t *testing.T) {
 		t.Fatalf("Stream.Run() on a lost slot = %v, want *SlotLostError at %s", err, before.ConfirmedFlush)
 	}
 
+	// The walsender lets go of the slot only after the stream's connection
+	// closed, a moment after Run returned; until then RecreateSlot rightly
+	// refuses an active slot.
+	pgtest.WaitFor(t, 10*time.Second, "the walsender to release slot lost", func() (bool, error) {
+		var active bool
+		err := conn.QueryRow(t.Context(), `SELECT active FROM pg_replication_slots WHERE slot_name = 'lost'`).Scan(&active)
+		return !active, err
+	})
 	line, from, lsn, err := RecreateSlot(t.Context(), conn, "lost")
 	if err != nil {
 		t.Fatal(err)
