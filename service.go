@@ -532,6 +532,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	con := s.newConsumer(db, idx, worker, relIDs, state)
 	con.skipSubsBefore = rebuiltAt
 	con.startedAt = startedAt
+	con.backfill = newBackfiller(db, s.mapper, log, s.cfg.BackfillChunk)
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 
 	var samplers conc.WaitGroup
@@ -544,6 +545,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	// Like the consumer: stops claiming with readCtx, while the attempts it
 	// started run under pctx and are drained below.
 	readers.Go("retry queue", readCtx, func() error { return queue.Run(readCtx, pctx) })
+	readers.Go("backfill", readCtx, func() error { return con.backfill.run(readCtx) })
 	s.state.streaming.Store(true)
 	readers.Wait()
 	s.state.streaming.Store(false)

@@ -52,7 +52,7 @@ func TestLoadExample(t *testing.T) {
 	for _, e := range m.Events() {
 		names = append(names, e.Name)
 	}
-	want := []string{"customer.created", "customer.updated", "order.created", "order.deleted", "order.paid", "order.updated"}
+	want := []string{"customer.created", "customer.existing", "customer.updated", "order.created", "order.deleted", "order.existing", "order.paid", "order.updated"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("Events() = %v, want %v", names, want)
 	}

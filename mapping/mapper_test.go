@@ -144,9 +144,11 @@ func TestMapperTablesAndEvents(t *testing.T) {
 		t.Fatalf("Tables() = %v, want %v", got, want)
 	}
 	want := []EventInfo{
+		{Name: "customer.existing", Table: "app.customers", Op: "existing"},
 		{Name: "customer.signed_up", Table: "app.customers", Op: "insert"},
 		{Name: "order.created", Table: "public.orders", Op: "insert"},
 		{Name: "order.deleted", Table: "public.orders", Op: "delete"},
+		{Name: "order.existing", Table: "public.orders", Op: "existing"},
 		{Name: "order.paid", Table: "public.orders", Op: "update", Derived: true},
 		{Name: "order.updated", Table: "public.orders", Op: "update"},
 	}
@@ -190,8 +192,9 @@ func TestNewChecksTables(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New() error: %v", err)
 	}
-	if got := len(m.Events()); got != 3 {
-		t.Fatalf("len(Events()) = %d, want 3", got)
+	// Three verbs and the backfill's order.existing.
+	if got := len(m.Events()); got != 4 {
+		t.Fatalf("len(Events()) = %d, want 4", got)
 	}
 }
 

@@ -93,7 +93,7 @@ func validateTables(file string, tables []*TableConfig) Errors {
 		for _, op := range sortedOps(verbs) {
 			f := path + ".verbs." + op
 			verb := verbs[op]
-			if !slices.Contains(ops, op) {
+			if !slices.Contains(ops, op) && op != VerbExisting {
 				badVerb = true
 				c.add(t.line("verbs."+op, "verbs"), f, fmt.Sprintf("unknown operation %q (want insert, update or delete)", op))
 				continue
