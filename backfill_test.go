@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walhook/walhook/internal/demo"
@@ -267,5 +269,79 @@ func TestBackfillCancel(t *testing.T) {
 	}
 	if err := e.Conn.QueryRow(context.Background(), `SELECT walhook.cancel_backfill($1)`, id).Scan(&ok); err != nil || ok {
 		t.Fatalf("cancel_backfill again = %v, %v; want false", ok, err)
+	}
+}
+
+// TestBackfillRate measures a backfill of WALHOOK_BACKFILL_BENCH rows (e.g.
+// 100000) to one receiver, from walhook.backfill() to the last delivery.
+// Opt-in: it only measures.
+func TestBackfillRate(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("WALHOOK_BACKFILL_BENCH"))
+	if n <= 0 {
+		t.Skip("set WALHOOK_BACKFILL_BENCH=<rows> to measure the backfill rate")
+	}
+	e := newEnv(t, "")
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, i FROM generate_series(1, $1::int) i`, n)
+	e.Exec(`ANALYZE public.orders`)
+	sub := e.Subscribe("order.*", "/all")
+	e.start()
+	start := time.Now()
+	id := e.backfill(sub)
+	e2e.WaitFor(t, 30*time.Minute, "every row", func() bool { return len(e.Recv.Deliveries("/all")) >= n })
+	el := time.Since(start)
+	e.waitBackfill(id, "done", time.Minute)
+	t.Logf("backfill of %d rows: %s, %.0f rows/s", n, el.Round(time.Millisecond), float64(n)/el.Seconds())
+}
+
+// TestBackfillOwnerScope: an application session acts only for its owner:
+// it cannot backfill or cancel another owner's subscription, and
+// walhook.backfills shows it only its own.
+func TestBackfillOwnerScope(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	role := e2e.RoleName("app_", e.Slot)
+	qr := pgx.Identifier{role}.Sanitize()
+	e.Exec(`CREATE ROLE ` + qr + ` LOGIN IN ROLE walhook_app`)
+	t.Cleanup(func() { _, _ = e.Conn.Exec(context.Background(), `DROP ROLE IF EXISTS `+qr) })
+	other := e.Subscribe("order.created", "/other") // owner "1"
+	theirs := e.backfill(other)
+	ctx := context.Background()
+	app, err := pgx.Connect(ctx, e2e.DSNAs(t, e.DSN, role))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(ctx)
+	if _, err := app.Exec(ctx, `SET walhook.owner = '2'`); err != nil {
+		t.Fatal(err)
+	}
+	var mine string
+	if err := app.QueryRow(ctx, `SELECT walhook.subscribe('order.*', 'https://example.com/h', '2')::text`).Scan(&mine); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := app.QueryRow(ctx, `SELECT walhook.backfill($1)`, mine).Scan(&id); err != nil {
+		t.Fatalf("backfill own subscription: %v", err)
+	}
+	for _, tc := range []struct {
+		name, sql string
+		arg       any
+	}{
+		{"backfill", `SELECT walhook.backfill($1)`, other},
+		{"cancel", `SELECT walhook.cancel_backfill($1)`, theirs},
+	} {
+		_, err := app.Exec(ctx, tc.sql, tc.arg)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+			t.Fatalf("%s for another owner: %v, want 42501", tc.name, err)
+		}
+	}
+	var seen []int64
+	rows, err := app.Query(ctx, `SELECT id FROM walhook.backfills ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil || len(seen) != 1 || seen[0] != id {
+		t.Fatalf("walhook.backfills as owner 2 = %v, %v; want [%d]", seen, err, id)
 	}
 }
