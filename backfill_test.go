@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -343,5 +344,26 @@ func TestBackfillOwnerScope(t *testing.T) {
 	seen, err = pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil || len(seen) != 1 || seen[0] != id {
 		t.Fatalf("walhook.backfills as owner 2 = %v, %v; want [%d]", seen, err, id)
+	}
+}
+
+// TestBackfillFailsForInactiveSubscription: a subscription deactivated
+// during its backfill fails the backfill, saying why, rather than have its
+// rows skipped without a word.
+func TestBackfillFailsForInactiveSubscription(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, i FROM generate_series(1, 10000) i`)
+	sub := e.Subscribe("order.*", "/all")
+	e.start(func(c *Config) { c.BackfillChunk = 100 })
+	id := e.backfill(sub)
+	e2e.WaitFor(t, 60*time.Second, "a chunk", func() bool {
+		return e.Count(`SELECT rows_sent::int FROM walhook.backfills WHERE id = $1`, id) >= 100
+	})
+	e.Exec(`SELECT walhook.deactivate($1)`, sub)
+	e.waitBackfill(id, "failed", 60*time.Second)
+	var msg string
+	if err := e.Conn.QueryRow(context.Background(), `SELECT error FROM walhook.backfills WHERE id = $1`, id).Scan(&msg); err != nil || !strings.Contains(msg, "inactive") {
+		t.Fatalf("error = %q, %v; want it to say the subscription is inactive", msg, err)
 	}
 }
