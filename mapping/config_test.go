@@ -404,7 +404,10 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "duplicate noun",
 			yaml: minimal + "  - table: public.orders_archive\n    noun: order\n    verbs: {delete: deleted}\n    acl: \"true\"\n",
-			want: []string{`walhook.yaml:7: tables[1].verbs.delete: event "order.deleted" is already produced by tables[0].noun (line 3); event names must be unique`},
+			want: []string{
+				`walhook.yaml:6: tables[1].noun: event "order.existing" is already produced by tables[0].noun (line 3); event names must be unique`,
+				`walhook.yaml:7: tables[1].verbs.delete: event "order.deleted" is already produced by tables[0].noun (line 3); event names must be unique`,
+			},
 		},
 		{
 			name: "derived event repeats a standard event",

@@ -491,3 +491,58 @@ func BenchmarkAppendData(b *testing.B) {
 	}
 	b.SetBytes(int64(len(buf)))
 }
+
+func TestExistingEvent(t *testing.T) {
+	tests := []struct {
+		name, verbs, want string
+	}{
+		{name: "default verbs", verbs: "", want: "order.existing"},
+		{name: "verbs without existing", verbs: "    verbs: {insert: created}\n", want: "order.existing"},
+		{name: "renamed", verbs: "    verbs: {insert: created, existing: current}\n", want: "order.current"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := mustMapper(t, "tables:\n  - table: public.orders\n    noun: order\n    acl: \"true\"\n"+tc.verbs)
+			if got := m.Table("public.orders").Existing; got != tc.want {
+				t.Fatalf("Existing = %q, want %q", got, tc.want)
+			}
+			if !slices.ContainsFunc(m.Events(), func(e EventInfo) bool { return e.Name == tc.want && e.Op == VerbExisting }) {
+				t.Fatalf("Events() = %v, want %s offered", m.Events(), tc.want)
+			}
+		})
+	}
+}
+
+func TestBackfillEventID(t *testing.T) {
+	id := BackfillEventID(7, "public.orders", "42", "order.existing")
+	if again := BackfillEventID(7, "public.orders", "42", "order.existing"); again != id {
+		t.Fatalf("BackfillEventID() = %s then %s, want the same", id, again)
+	}
+	for _, other := range []string{
+		BackfillEventID(8, "public.orders", "42", "order.existing"),
+		BackfillEventID(7, "public.orders", "43", "order.existing"),
+		BackfillEventID(7, "public.order", "s\x0042", "order.existing"),
+	} {
+		if other == id {
+			t.Fatalf("BackfillEventID() = %s for another backfill or row", id)
+		}
+	}
+	if len(id) != 36 || id[14] != '8' {
+		t.Fatalf("BackfillEventID() = %s, want a version 8 UUID", id)
+	}
+}
+
+func TestExistingEventClash(t *testing.T) {
+	_, err := Parse("walhook.yaml", []byte(`tables:
+  - table: public.orders
+    noun: order
+    acl: "true"
+    events:
+      - name: order.existing
+        on: update
+        when: "true"
+`))
+	if err == nil || !strings.Contains(err.Error(), "order.existing") {
+		t.Fatalf("Parse() error = %v, want order.existing named twice", err)
+	}
+}

@@ -114,6 +114,10 @@ func validateTables(file string, tables []*TableConfig) Errors {
 			}
 			claim(name, field, line)
 		}
+		if _, named := verbs[VerbExisting]; !named && nounOK {
+			// Every table offers <noun>.existing, a backfill's event.
+			claim(t.Noun+"."+VerbExisting, path+".noun", t.line("noun"))
+		}
 
 		// Skipped after a bad verb, which already explains the missing event.
 		if !badVerb && len(t.Events) == 0 && !slices.ContainsFunc(ops, func(op string) bool { return verbs[op] != "" }) {
