@@ -125,6 +125,13 @@ func TestBackfillExistingRows(t *testing.T) {
 	if n := e.Count(`SELECT rows_sent::int FROM walhook.backfills WHERE id = $1`, a); n != 10000 {
 		t.Fatalf("rows_sent = %d, want 10000", n)
 	}
+	st, err := Status(context.Background(), e.Conn, e.Slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Backfills) != 2 || st.Backfills[1].ID != a || st.Backfills[1].Status != "done" || st.Backfills[1].RowsSent != 10000 {
+		t.Fatalf("Status().Backfills = %+v, want backfills %d and %d, done", st.Backfills, b, a)
+	}
 }
 
 // TestBackfillConcurrentWrites: rows updated and deleted while the backfill
