@@ -64,6 +64,77 @@ type backfiller struct {
 	// window is the chunk whose low watermark the consumer met and whose
 	// high watermark it has not; consumer goroutine only.
 	window *chunk
+
+	// active is the table a backfill is reading, if any: while it is set
+	// the consumer remembers the xid and key of each change of it in
+	// recent (consumer goroutine only), so that a chunk can drop the rows
+	// of transactions its snapshot did not see although they committed
+	// before its low watermark (see snapshot).
+	active   atomic.Pointer[mapping.Table]
+	recent   []recentChange
+	recentAt int
+}
+
+// recentSize bounds recent: a transaction must commit in the WAL ahead of
+// a chunk's low watermark yet still be invisible to the chunk's snapshot,
+// taken after that watermark committed, to need it; that gap is the few
+// instructions between writing a commit record and leaving the proc array
+// (or a synchronous standby's acknowledgement), not thousands of changes.
+const recentSize = 1 << 14
+
+type recentChange struct {
+	xid   uint32
+	table *mapping.Table
+	key   string
+}
+
+// snapshot is a chunk's MVCC snapshot (pg_current_snapshot() in the
+// chunk's transaction). Commit order in the WAL and visibility order can
+// differ: a transaction whose commit record precedes the low watermark may
+// not yet be visible when the chunk is read (its backend has not left the
+// proc array; more likely under synchronous_commit=off, a loaded machine
+// or a synchronous standby). Its live event is then before the window and
+// the chunk holds the row's older state, so the window alone would send
+// that older state after the newer event. The xids the snapshot does not
+// see identify such transactions exactly.
+type snapshot struct {
+	xmax uint32
+	xip  map[uint32]bool
+}
+
+// sees reports whether the snapshot saw transaction xid's changes
+// (committed ones only reach the stream). xids compare modulo 2^32.
+func (s *snapshot) sees(xid uint32) bool {
+	if s == nil {
+		return true
+	}
+	return int32(xid-s.xmax) < 0 && !s.xip[xid]
+}
+
+// parseSnapshot parses pg_current_snapshot()'s text, xmin:xmax:xip,...
+func parseSnapshot(text string) (*snapshot, error) {
+	parts := strings.Split(text, ":")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("snapshot %q: want xmin:xmax:xip", text)
+	}
+	if _, err := strconv.ParseUint(parts[0], 10, 64); err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", text, err)
+	}
+	xmax, err := strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", text, err)
+	}
+	s := &snapshot{xmax: uint32(xmax), xip: map[uint32]bool{}}
+	if parts[2] != "" {
+		for _, x := range strings.Split(parts[2], ",") {
+			v, err := strconv.ParseUint(x, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("snapshot %q: %w", text, err)
+			}
+			s.xip[uint32(v)] = true
+		}
+	}
+	return s, nil
 }
 
 // chunk is one chunk of one backfill's table.
@@ -76,6 +147,7 @@ type chunk struct {
 	keyCols  []int
 	readAt   time.Time
 	rows     []change.Row // set under backfiller.mu before the high watermark
+	snap     *snapshot    // the snapshot rows were read in; same
 	changed  map[string]bool
 	sent     atomic.Int64 // deliveries submitted
 	routed   int          // rows routed (not dropped)
@@ -147,8 +219,16 @@ func (b *backfiller) message(ctx context.Context, c *consumer, m cdc.Message) er
 			return nil
 		}
 		b.mu.Lock()
-		rows := w.rows
+		rows, snap := w.rows, w.snap
 		b.mu.Unlock()
+		// Rows of transactions already streamed but invisible to the
+		// chunk's snapshot: the chunk holds their older state (see
+		// snapshot).
+		for _, r := range b.recent {
+			if r.table == w.table && r.xid != 0 && !snap.sees(r.xid) {
+				w.changed[r.key] = true
+			}
+		}
 		return b.route(ctx, c, w, rows, m)
 	}
 	return nil
@@ -157,12 +237,16 @@ func (b *backfiller) message(ctx context.Context, c *consumer, m cdc.Message) er
 // saw notes a change of the stream: a row of the open window's table that
 // changed between the watermarks is dropped from its chunk.
 func (b *backfiller) saw(c *consumer, ch *change.Change) {
-	w := b.window
-	if w == nil || c.router.table(ch.Relation) != w.table {
+	t := b.active.Load()
+	if t == nil || c.router.table(ch.Relation) != t {
 		return
 	}
-	cols := make([]int, len(w.table.Config.Key))
-	for i, k := range w.table.Config.Key {
+	w := b.window
+	if w != nil && w.table != t {
+		w = nil
+	}
+	cols := make([]int, len(t.Config.Key))
+	for i, k := range t.Config.Key {
 		cols[i] = ch.Relation.ColumnIndex(k)
 	}
 	if len(cols) == 0 {
@@ -172,9 +256,20 @@ func (b *backfiller) saw(c *consumer, ch *change.Change) {
 			}
 		}
 	}
+	var xid uint32
+	if ch.Tx != nil {
+		xid = ch.Tx.XID
+	}
 	for _, row := range []change.Row{ch.New, ch.Old} {
 		if k, ok := keyOf(row, cols); ok && row != nil {
-			w.changed[k] = true
+			if w != nil {
+				w.changed[k] = true
+			}
+			if b.recent == nil {
+				b.recent = make([]recentChange, recentSize)
+			}
+			b.recent[b.recentAt] = recentChange{xid: xid, table: t, key: k}
+			b.recentAt = (b.recentAt + 1) % recentSize
 		}
 	}
 }
@@ -292,6 +387,8 @@ func (b *backfiller) runJob(ctx context.Context, j job) error {
 		return fmt.Errorf("start backfill %d: %w", j.id, err)
 	}
 	b.log.Info("backfill running", "backfill_id", j.id, "table", j.table, "subscription_id", j.sub)
+	b.active.Store(t)
+	defer b.active.Store(nil)
 	last := j.lastKey
 	for n := 0; ; n++ {
 		if err := ctx.Err(); err != nil {
@@ -321,12 +418,12 @@ func (b *backfiller) runJob(ctx context.Context, j job) error {
 		if err := b.emit(ctx, "low "+c.token); err != nil {
 			return err
 		}
-		rows, err := b.read(ctx, t, rel, keyCols, keyTypes, last)
+		rows, snap, err := b.read(ctx, t, rel, keyCols, keyTypes, last)
 		if err != nil {
 			return err
 		}
 		b.mu.Lock()
-		c.rows, c.readAt = rows, time.Now()
+		c.rows, c.snap, c.readAt = rows, snap, time.Now()
 		b.mu.Unlock()
 		if err := b.emit(ctx, "high "+c.token); err != nil {
 			return err
@@ -451,7 +548,7 @@ func (b *backfiller) relation(ctx context.Context, t *mapping.Table) (*change.Re
 
 // read reads the chunk after last (nil for the first) in key order, each
 // column in the text form the stream sends (the settings cdc uses).
-func (b *backfiller) read(ctx context.Context, t *mapping.Table, rel *change.Relation, keyCols []int, keyTypes []string, last []string) ([]change.Row, error) {
+func (b *backfiller) read(ctx context.Context, t *mapping.Table, rel *change.Relation, keyCols []int, keyTypes []string, last []string) ([]change.Row, *snapshot, error) {
 	var sel, keys, after []string
 	for _, c := range rel.Columns {
 		sel = append(sel, "r."+pgx.Identifier{c.Name}.Sanitize()+"::text")
@@ -473,7 +570,17 @@ func (b *backfiller) read(ctx context.Context, t *mapping.Table, rel *change.Rel
 	}
 	q += " ORDER BY " + strings.Join(keys, ", ") + " LIMIT " + strconv.Itoa(b.chunk)
 	var out []change.Row
-	err := pgx.BeginFunc(ctx, b.db, func(tx pgx.Tx) error {
+	var snap *snapshot
+	// REPEATABLE READ: the chunk is read in the snapshot recorded with it.
+	err := pgx.BeginTxFunc(ctx, b.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var text string
+		if err := tx.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&text); err != nil {
+			return err
+		}
+		var err error
+		if snap, err = parseSnapshot(text); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL TimeZone = 'UTC'; SET LOCAL IntervalStyle = 'postgres';
 			SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'`); err != nil {
 			return err
@@ -505,7 +612,7 @@ func (b *backfiller) read(ctx context.Context, t *mapping.Table, rel *change.Rel
 		return rows.Err()
 	})
 	if err != nil {
-		return nil, fmt.Errorf("read a chunk of %s: %w", t.Name, err)
+		return nil, nil, fmt.Errorf("read a chunk of %s: %w", t.Name, err)
 	}
-	return out, nil
+	return out, snap, nil
 }
