@@ -70,9 +70,11 @@ type backfiller struct {
 	// recent (consumer goroutine only), so that a chunk can drop the rows
 	// of transactions its snapshot did not see although they committed
 	// before its low watermark (see snapshot).
-	active   atomic.Pointer[mapping.Table]
-	recent   []recentChange
-	recentAt int
+	active atomic.Pointer[activeTable]
+	recent []recentChange
+	// chunkRead is a test hook (Service.hooks); nil in production.
+	chunkRead func(rows []change.Row)
+	recentAt  int
 }
 
 // recentSize bounds recent: a transaction must commit in the WAL ahead of
@@ -81,6 +83,16 @@ type backfiller struct {
 // instructions between writing a commit record and leaving the proc array
 // (or a synchronous standby's acknowledgement), not thousands of changes.
 const recentSize = 1 << 14
+
+// activeTable is the table a backfill reads and the columns it orders by:
+// the consumer must key a change by exactly these. The stream's relation
+// marks every column as key under REPLICA IDENTITY FULL (which install
+// sets for tables whose old rows are read), so its own key flags would
+// give a key no chunk row has.
+type activeTable struct {
+	table *mapping.Table
+	key   []string
+}
 
 type recentChange struct {
 	xid   uint32
@@ -237,24 +249,18 @@ func (b *backfiller) message(ctx context.Context, c *consumer, m cdc.Message) er
 // saw notes a change of the stream: a row of the open window's table that
 // changed between the watermarks is dropped from its chunk.
 func (b *backfiller) saw(c *consumer, ch *change.Change) {
-	t := b.active.Load()
-	if t == nil || c.router.table(ch.Relation) != t {
+	a := b.active.Load()
+	if a == nil || c.router.table(ch.Relation) != a.table {
 		return
 	}
+	t := a.table
 	w := b.window
 	if w != nil && w.table != t {
 		w = nil
 	}
-	cols := make([]int, len(t.Config.Key))
-	for i, k := range t.Config.Key {
+	cols := make([]int, len(a.key))
+	for i, k := range a.key {
 		cols[i] = ch.Relation.ColumnIndex(k)
-	}
-	if len(cols) == 0 {
-		for i := range ch.Relation.Columns {
-			if ch.Relation.Columns[i].Key {
-				cols = append(cols, i)
-			}
-		}
 	}
 	var xid uint32
 	if ch.Tx != nil {
@@ -387,7 +393,11 @@ func (b *backfiller) runJob(ctx context.Context, j job) error {
 		return fmt.Errorf("start backfill %d: %w", j.id, err)
 	}
 	b.log.Info("backfill running", "backfill_id", j.id, "table", j.table, "subscription_id", j.sub)
-	b.active.Store(t)
+	a := &activeTable{table: t}
+	for _, c := range keyCols {
+		a.key = append(a.key, rel.Columns[c].Name)
+	}
+	b.active.Store(a)
 	defer b.active.Store(nil)
 	last := j.lastKey
 	for n := 0; ; n++ {
@@ -421,6 +431,9 @@ func (b *backfiller) runJob(ctx context.Context, j job) error {
 		rows, snap, err := b.read(ctx, t, rel, keyCols, keyTypes, last)
 		if err != nil {
 			return err
+		}
+		if b.chunkRead != nil {
+			b.chunkRead(rows)
 		}
 		b.mu.Lock()
 		c.rows, c.snap, c.readAt = rows, snap, time.Now()

@@ -8,14 +8,17 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/walhook/walhook/internal/change"
 	"github.com/walhook/walhook/internal/demo"
 	"github.com/walhook/walhook/internal/e2e"
+	"github.com/walhook/walhook/internal/pgtest"
 )
 
 // backfill starts a backfill of sub and returns its id.
@@ -146,7 +149,6 @@ func TestBackfillConcurrentWrites(t *testing.T) {
 	sub := e.Subscribe("order.*", "/all")
 	e.start(func(c *Config) { c.BackfillChunk = 50 })
 	id := e.backfill(sub)
-	ctx := context.Background()
 	// Write until the backfill is done: each round bumps some rows' total and
 	// deletes one, ahead of and behind the reader.
 	for round := 1; round <= 10000; round++ {
@@ -160,54 +162,7 @@ func TestBackfillConcurrentWrites(t *testing.T) {
 		}
 	}
 	e.waitBackfill(id, "done", 120*time.Second)
-	// A last write marks the end of the stream to wait for.
-	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES ($1, 7, 0)`, rows+1)
-	e.Recv.WaitRows(t, "/all", rows+1)
-
-	final := map[int]string{}
-	rs, err := e.Conn.Query(ctx, `SELECT id, total::text FROM public.orders WHERE id <= $1`, rows)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rs.Next() {
-		var k int
-		var total string
-		if err := rs.Scan(&k, &total); err != nil {
-			t.Fatal(err)
-		}
-		final[k] = total
-	}
-	rs.Close()
-	type seen struct{ event, total string }
-	last := map[int]seen{}
-	for _, d := range e.Recv.Deliveries("/all") {
-		env := d.Envelope(t)
-		data, _ := env["data"].(map[string]any)
-		k, _ := data["id"].(float64)
-		total := fmt.Sprint(data["total"])
-		last[int(k)] = seen{event: env["event"].(string), total: total}
-	}
-	deleted := 0
-	for k := 1; k <= rows; k++ {
-		l, ok := last[k]
-		want, exists := final[k]
-		switch {
-		case !exists:
-			deleted++
-			if l.event != "order.deleted" {
-				t.Fatalf("row %d was deleted; its last event is %q, want order.deleted", k, l.event)
-			}
-		case !ok:
-			t.Fatalf("row %d never arrived", k)
-		case l.event == "order.deleted":
-			t.Fatalf("row %d exists; its last event is order.deleted", k)
-		default:
-			w, _ := strconv.ParseFloat(want, 64)
-			if g, _ := strconv.ParseFloat(l.total, 64); g != w {
-				t.Fatalf("row %d: last event %s has total %s, the table %s", k, l.event, l.total, want)
-			}
-		}
-	}
+	deleted := e.assertLastEvents(rows)
 	if deleted == 0 {
 		t.Fatalf("no row was deleted while the backfill ran: the test proves nothing")
 	}
@@ -372,5 +327,118 @@ func TestBackfillFailsForInactiveSubscription(t *testing.T) {
 	var msg string
 	if err := e.Conn.QueryRow(context.Background(), `SELECT error FROM walhook.backfills WHERE id = $1`, id).Scan(&msg); err != nil || !strings.Contains(msg, "inactive") {
 		t.Fatalf("error = %q, %v; want it to say the subscription is inactive", msg, err)
+	}
+}
+
+// assertLastEvents waits for the stream's end and checks that each of rows
+// 1..rows ends at the receiver in its state in the table: its last event
+// carries the table's total, or is order.deleted for a row deleted. It
+// returns how many were deleted.
+func (e *env) assertLastEvents(rows int) int {
+	t := e.T
+	t.Helper()
+	ctx := context.Background()
+	// A last write marks the end of the stream to wait for.
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES ($1, 7, 0)`, rows+1)
+	e.Recv.WaitRows(t, "/all", float64(rows+1))
+
+	final := map[int]string{}
+	rs, err := e.Conn.Query(ctx, `SELECT id, total::text FROM public.orders WHERE id <= $1`, rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var k int
+		var total string
+		if err := rs.Scan(&k, &total); err != nil {
+			t.Fatal(err)
+		}
+		final[k] = total
+	}
+	rs.Close()
+	type seen struct{ event, total string }
+	last := map[int]seen{}
+	for _, d := range e.Recv.Deliveries("/all") {
+		env := d.Envelope(t)
+		data, _ := env["data"].(map[string]any)
+		k, _ := data["id"].(float64)
+		total := fmt.Sprint(data["total"])
+		last[int(k)] = seen{event: env["event"].(string), total: total}
+	}
+	deleted := 0
+	for k := 1; k <= rows; k++ {
+		l, ok := last[k]
+		want, exists := final[k]
+		switch {
+		case !exists:
+			deleted++
+			if l.event != "order.deleted" {
+				t.Fatalf("row %d was deleted; its last event is %q, want order.deleted", k, l.event)
+			}
+		case !ok:
+			t.Fatalf("row %d never arrived", k)
+		case l.event == "order.deleted":
+			t.Fatalf("row %d exists; its last event is order.deleted", k)
+		default:
+			w, _ := strconv.ParseFloat(want, 64)
+			if g, _ := strconv.ParseFloat(l.total, 64); g != w {
+				t.Fatalf("row %d: last event %s has total %s, the table %s", k, l.event, l.total, want)
+			}
+		}
+	}
+	return deleted
+}
+
+// TestBackfillChunkWindow: in every chunk, a row updated and a row deleted
+// after the chunk was read and before its high watermark end in their
+// final state at the receiver: the chunk leaves them to their live events.
+// public.orders has REPLICA IDENTITY FULL (order.paid reads old.status),
+// under which the stream marks every column as key, so this also checks
+// that the window keys changes by the backfill's own key.
+func TestBackfillChunkWindow(t *testing.T) {
+	t.Parallel()
+	cfg := replace(t, string(demo.Config), "max_per_host: 16", "max_per_host: 1")
+	e := newEnv(t, cfg)
+	const rows = 200
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, 0 FROM generate_series(1, $1::int) i`, rows)
+	sub := e.Subscribe("order.*", "/all")
+	hc := pgtest.Connect(t, e.DSN)
+	var (
+		mu      sync.Mutex
+		hookErr error
+		chunks  int
+	)
+	svc := e.newService(func(c *Config) { c.BackfillChunk = 50 })
+	svc.hooks.chunkRead = func(rs []change.Row) {
+		if len(rs) < 2 {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		first, last := string(rs[0][0].Text), string(rs[len(rs)-1][0].Text)
+		for q, id := range map[string]string{
+			`UPDATE public.orders SET total = total + 5 WHERE id = $1::bigint`: first,
+			`DELETE FROM public.orders WHERE id = $1::bigint`:                  last,
+		} {
+			if _, err := hc.Exec(context.Background(), q, id); err != nil && hookErr == nil {
+				hookErr = err
+			}
+		}
+		chunks++
+	}
+	e.run(svc)
+	id := e.backfill(sub)
+	e.waitBackfill(id, "done", 60*time.Second)
+	mu.Lock()
+	err, n := hookErr, chunks
+	mu.Unlock()
+	if err != nil {
+		t.Fatalf("write inside a chunk's window: %v", err)
+	}
+	if n != rows/50 {
+		t.Fatalf("wrote inside %d chunks' windows, want %d", n, rows/50)
+	}
+	if deleted := e.assertLastEvents(rows); deleted != n {
+		t.Fatalf("%d rows deleted, want %d", deleted, n)
 	}
 }
