@@ -71,6 +71,9 @@ type Config struct {
 	// still covers what the config needs, healing it if not
 	// (DefaultDriftInterval).
 	DriftInterval time.Duration
+	// BackfillChunk is how many rows a backfill reads per chunk
+	// (DefaultBackfillChunk).
+	BackfillChunk int
 
 	// ConsoleToken opens the console (/console on Handler) to requests
 	// that do not come over loopback; empty keeps it loopback only.

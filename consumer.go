@@ -37,6 +37,10 @@ type consumer struct {
 	// beforeRoute is a test hook; nil in production.
 	beforeRoute func()
 
+	// backfill runs backfills; the consumer places their chunks in the
+	// stream at their watermarks.
+	backfill *backfiller
+
 	// moves pairs a row's move between partitions back into one update.
 	moves *movePairer
 
@@ -191,6 +195,10 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		c.txSites = append(c.txSites, mapping.CleanSite(m.Site))
 	case cdc.KindRelease:
 		c.releaseAfterCommit = true
+	case cdc.KindBackfill:
+		if c.backfill != nil {
+			return c.backfill.message(ctx, c, m)
+		}
 	case cdc.KindInstall:
 		if m.Site == c.digest {
 			return nil
@@ -229,6 +237,9 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 					return err
 				}
 			}
+		}
+		if c.backfill != nil {
+			c.backfill.saw(c, m.Change)
 		}
 		if c.beforeRoute != nil {
 			c.beforeRoute()

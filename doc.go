@@ -43,4 +43,9 @@
 //     as far as they got; StopAndCancel leaves them to be sent again.
 //   - Every goroutine has an owner that waits for it; Run returns only when
 //     all of them have ended.
+//   - A backfill's chunk is routed by the consumer at its high watermark,
+//     without the rows that changed in the stream since its low watermark
+//     (backfill.go): no existing row is submitted after a newer event for
+//     it. Its progress is recorded only once the chunk's deliveries are
+//     sent or durably queued, and at most one chunk is in memory.
 package walhook

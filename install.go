@@ -398,7 +398,7 @@ func grantRunRole(ctx context.Context, conn pgx.Tx, role string, cfg *mapping.Co
 		// run reconciles the static subscriptions at start.
 		"GRANT EXECUTE ON FUNCTION walhook._declare_static(text, text[], text, text, text, text, text) TO " + r,
 	}
-	for _, t := range []string{"subscriptions", "attempts"} {
+	for _, t := range []string{"subscriptions", "attempts", "backfills"} {
 		var exists bool
 		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = 'walhook'
 			AND tablename = $1 AND policyname = $2)`, t, "service_"+role).Scan(&exists); err != nil {
@@ -415,6 +415,12 @@ func grantRunRole(ctx context.Context, conn pgx.Tx, role string, cfg *mapping.Co
 			stmts = append(stmts, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", pgx.Identifier{s}.Sanitize(), r),
 				fmt.Sprintf("GRANT SELECT ON %s TO %s", pgx.Identifier{s, n}.Sanitize(), r))
 		}
+	}
+	// A backfill reads the mapped tables.
+	for _, t := range cfg.Tables {
+		s, n, _ := strings.Cut(t.Table, ".")
+		stmts = append(stmts, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", pgx.Identifier{s}.Sanitize(), r),
+			fmt.Sprintf("GRANT SELECT ON %s TO %s", pgx.Identifier{s, n}.Sanitize(), r))
 	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {

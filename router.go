@@ -84,6 +84,12 @@ type router struct {
 	// only restricts matches to one subscription (a release of a delivery
 	// held for it); "" matches every subscription.
 	only string
+	// existing, set with only, makes the router send each change as an
+	// existing row of backfill existing (the table's Existing event, to
+	// only whatever events it takes, if its site matches); existingKey is
+	// the current row's key, for its event id.
+	existing    int64
+	existingKey string
 	// shapes caches mismatch's verdict per relation.
 	shapes map[*change.Relation]string
 	// byRel follows mapped tables by relation id, so that a renamed table
@@ -243,6 +249,14 @@ func (r *router) routeEvents(ctx context.Context, txn work, t *mapping.Table, ch
 // match appends the active subscriptions to event at the change's sites
 // (r.sites), only the one a release is for when r.only is set.
 func (r *router) match(dst []*subs.Subscription, event string) []*subs.Subscription {
+	if r.existing != 0 {
+		// A backfill is asked for one subscription: its events name the
+		// tables, not the existing event.
+		if s := r.idx.Get(r.only); s != nil && s.Active && slices.Contains(r.sites, s.Site) {
+			dst = append(dst, s)
+		}
+		return dst
+	}
 	dst = r.idx.Match(dst, event, r.sites)
 	if r.only != "" {
 		dst = slices.DeleteFunc(dst, func(s *subs.Subscription) bool { return s.ID != r.only })
@@ -291,9 +305,18 @@ func (r *router) needsMore() bool {
 // returns the derived events whose condition failed to evaluate and the
 // payload's error: both hold deliveries instead of guessing.
 func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change, in *input) ([]mapping.Event, []failedEvent, error) {
-	dst = r.mapper.MapTable(dst, t, ch)
 	var failed []failedEvent
+	if r.existing != 0 {
+		// An existing row: one event, no derived ones (they describe changes).
+		dst = append(dst, mapping.Event{ID: mapping.BackfillEventID(r.existing, t.Name, r.existingKey, t.Existing),
+			Name: t.Existing, Table: t, Change: ch, Backfill: r.existing})
+	} else {
+		dst = r.mapper.MapTable(dst, t, ch)
+	}
 	for _, d := range t.Derived {
+		if r.existing != 0 {
+			break
+		}
 		if ch.Op.String() != d.On {
 			continue
 		}

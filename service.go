@@ -17,7 +17,9 @@ import (
 
 	"github.com/walhook/walhook/acl"
 	"github.com/walhook/walhook/cdc"
+
 	"github.com/walhook/walhook/deliver"
+	"github.com/walhook/walhook/internal/change"
 	"github.com/walhook/walhook/internal/metrics"
 	"github.com/walhook/walhook/internal/stage"
 	"github.com/walhook/walhook/internal/subs"
@@ -78,6 +80,10 @@ type hooks struct {
 	// worker overrides the deliver.Worker config, e.g. a transport that
 	// panics.
 	worker func(*deliver.Config)
+	// chunkRead is called with each backfill chunk once it is read and
+	// before its high watermark: a write made there commits inside the
+	// chunk's window.
+	chunkRead func(rows []change.Row)
 }
 
 // New checks cfg, compiles its mapping and rules, and returns a Service
@@ -532,6 +538,8 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	con := s.newConsumer(db, idx, worker, relIDs, state)
 	con.skipSubsBefore = rebuiltAt
 	con.startedAt = startedAt
+	con.backfill = newBackfiller(db, s.mapper, log, s.cfg.BackfillChunk)
+	con.backfill.chunkRead = s.hooks.chunkRead
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 
 	var samplers conc.WaitGroup
@@ -544,6 +552,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	// Like the consumer: stops claiming with readCtx, while the attempts it
 	// started run under pctx and are drained below.
 	readers.Go("retry queue", readCtx, func() error { return queue.Run(readCtx, pctx) })
+	readers.Go("backfill", readCtx, func() error { return con.backfill.run(readCtx) })
 	s.state.streaming.Store(true)
 	readers.Wait()
 	s.state.streaming.Store(false)

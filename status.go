@@ -49,9 +49,25 @@ type StatusReport struct {
 	Held map[string]int64 `json:"held"`
 	// Processes are the walhook processes that reported in the last
 	// minute, with their role and last pipeline error.
-	Processes      []ProcessStatus `json:"processes"`
-	Deliveries     DeliveryStatus  `json:"deliveries"`
-	RecentFailures []FailureStatus `json:"recent_failures"`
+	Processes []ProcessStatus `json:"processes"`
+	// Backfills are the tables of backfills not finished, or finished in
+	// the last hour, newest first.
+	Backfills      []BackfillStatus `json:"backfills"`
+	Deliveries     DeliveryStatus   `json:"deliveries"`
+	RecentFailures []FailureStatus  `json:"recent_failures"`
+}
+
+// BackfillStatus is one table of one backfill (walhook.backfills).
+type BackfillStatus struct {
+	ID             int64      `json:"id"`
+	Table          string     `json:"table"`
+	SubscriptionID string     `json:"subscription_id"`
+	Status         string     `json:"status"`
+	RowsSent       int64      `json:"rows_sent"`
+	Estimate       *int64     `json:"estimate"`
+	StartedAt      *time.Time `json:"started_at"`
+	FinishedAt     *time.Time `json:"finished_at"`
+	Error          string     `json:"error,omitempty"`
 }
 
 // ProcessStatus is one walhook process.
@@ -222,6 +238,9 @@ func Status(ctx context.Context, conn *pgx.Conn, slot string) (*StatusReport, er
 	if err := collectHeld(ctx, conn, st); err != nil {
 		return nil, err
 	}
+	if st.Backfills, err = collectBackfills(ctx, conn); err != nil {
+		return nil, err
+	}
 
 	d := &st.Deliveries
 	if err := conn.QueryRow(ctx, `SELECT count(*),
@@ -319,6 +338,35 @@ func collectHeld(ctx context.Context, conn *pgx.Conn, st *StatusReport) error {
 		return fmt.Errorf("list walhook processes: %w", err)
 	}
 	return nil
+}
+
+// collectBackfills lists the backfills under way or recently finished; none
+// before schema version 18, which added them.
+func collectBackfills(ctx context.Context, conn *pgx.Conn) ([]BackfillStatus, error) {
+	out := []BackfillStatus{}
+	var has bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('walhook.backfills') IS NOT NULL`).Scan(&has); err != nil {
+		return nil, fmt.Errorf("look for walhook.backfills: %w", err)
+	}
+	if !has {
+		return out, nil
+	}
+	rows, err := conn.Query(ctx, `SELECT id, table_name, subscription_id::text, status, rows_sent, estimate, started_at, finished_at,
+			coalesce(error, '')
+		FROM walhook.backfills WHERE finished_at IS NULL OR finished_at > now() - interval '1 hour'
+		ORDER BY id DESC, table_name LIMIT 50`)
+	if err != nil {
+		return nil, fmt.Errorf("list backfills: %w", err)
+	}
+	var b BackfillStatus
+	if _, err := pgx.ForEachRow(rows, []any{&b.ID, &b.Table, &b.SubscriptionID, &b.Status, &b.RowsSent, &b.Estimate, &b.StartedAt, &b.FinishedAt, &b.Error}, func() error {
+		out = append(out, b)
+		b = BackfillStatus{}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list backfills: %w", err)
+	}
+	return out, nil
 }
 
 func deref(s *string) string {

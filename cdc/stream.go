@@ -41,6 +41,12 @@ const InstallPrefix = "walhook.install"
 // after the owner attributes it refreshed.
 const ReleasePrefix = "walhook.release"
 
+// BackfillPrefix is the logical message prefix of backfills: walhook.backfill()
+// and walhook.cancel_backfill() emit "start <id>" and "cancel <id>", the
+// backfill's reader "low <chunk>" and "high <chunk>" around each chunk it
+// reads (the watermarks), each in its own transaction.
+const BackfillPrefix = "walhook.backfill"
+
 // sessionSettings make the text the server sends for each type one fixed,
 // lossless form, whatever the database's defaults: ISO dates in UTC, floats
 // with round-trip precision, bytea as hex.
@@ -86,6 +92,9 @@ const (
 	KindInstall
 	// KindRelease is a call of walhook.release_held().
 	KindRelease
+	// KindBackfill is a backfill's message (BackfillPrefix), its content in
+	// Site.
+	KindBackfill
 )
 
 // Message is what the stream hands its consumer.
@@ -437,6 +446,9 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		}
 		if m.Prefix == ReleasePrefix && m.Transactional && r.cur != nil {
 			return r.emit(ctx, Message{Kind: KindRelease, Txn: r.cur})
+		}
+		if m.Prefix == BackfillPrefix && m.Transactional && r.cur != nil {
+			return r.emit(ctx, Message{Kind: KindBackfill, Txn: r.cur, Site: string(m.Content)})
 		}
 	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage, *pglogrepl.TruncateMessage:
 		// Types: a TYPE message names a type but not what it is made of, so

@@ -2,6 +2,7 @@ package deliver
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/walhook/walhook/internal/change"
@@ -118,6 +119,12 @@ func (d *Dialect) AppendBody(dst []byte, ev *mapping.Event, site string, withPre
 	dst = ch.Tx.CommitTime.UTC().AppendFormat(dst, time.RFC3339Nano)
 	dst = append(dst, `","site":`...)
 	dst = change.AppendString(dst, []byte(site))
+	if ev.Backfill != 0 {
+		// An existing row sent by a backfill, not a change: receivers can
+		// tell it apart.
+		dst = append(dst, `,"backfill":`...)
+		dst = strconv.AppendInt(dst, ev.Backfill, 10)
+	}
 	dst = append(dst, `,"data":`...)
 	if ev.Data != nil {
 		dst = append(dst, ev.Data...)

@@ -29,6 +29,11 @@ const (
 	BodyRow      = "row"      // the row object alone
 )
 
+// VerbExisting is the operation a backfill's rows are: `verbs:` may rename
+// its event (`existing: current`); every table offers it, as
+// <noun>.existing by default, whatever else `verbs:` says.
+const VerbExisting = "existing"
+
 // DefaultVerbs returns the verbs used when a table sets no `verbs:`.
 func DefaultVerbs() map[string]string {
 	return map[string]string{"insert": "created", "update": "updated", "delete": "deleted"}

@@ -52,7 +52,7 @@ func TestLoadExample(t *testing.T) {
 	for _, e := range m.Events() {
 		names = append(names, e.Name)
 	}
-	want := []string{"customer.created", "customer.updated", "order.created", "order.deleted", "order.paid", "order.updated"}
+	want := []string{"customer.created", "customer.existing", "customer.updated", "order.created", "order.deleted", "order.existing", "order.paid", "order.updated"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("Events() = %v, want %v", names, want)
 	}
@@ -415,7 +415,10 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "duplicate noun",
 			yaml: minimal + "  - table: public.orders_archive\n    noun: order\n    verbs: {delete: deleted}\n    acl: \"true\"\n",
-			want: []string{`walhook.yaml:7: tables[1].verbs.delete: event "order.deleted" is already produced by tables[0].noun (line 3); event names must be unique`},
+			want: []string{
+				`walhook.yaml:6: tables[1].noun: event "order.existing" is already produced by tables[0].noun (line 3); event names must be unique`,
+				`walhook.yaml:7: tables[1].verbs.delete: event "order.deleted" is already produced by tables[0].noun (line 3); event names must be unique`,
+			},
 		},
 		{
 			name: "derived event repeats a standard event",

@@ -42,6 +42,10 @@ type Table struct {
 	when    map[string]*expr.Program
 	payload *expr.Program
 
+	// Existing is the event of a row that already exists, sent by a
+	// backfill: <noun>.existing, or the verb `verbs: {existing: ...}` names.
+	Existing string
+
 	// events is the standard event name by change.Op; "" for none.
 	events [change.Delete + 1]string
 	// derivedOn is Derived by change.Op, ready for the CEL hook in Map.
@@ -73,6 +77,9 @@ type Event struct {
 	// Data and Previous, when set, are the body's data and previous objects
 	// built by the table's payload expression; nil means the row's columns.
 	Data, Previous []byte
+	// Backfill is the id of the backfill that sent an existing row; 0 for
+	// a change from the stream.
+	Backfill int64
 }
 
 // New compiles cfg. It checks the table mappings again, so a Config built in
@@ -103,6 +110,12 @@ func New(cfg *Config) (*Mapper, error) {
 				m.events = append(m.events, EventInfo{Name: t.events[op], Table: t.Name, Op: op.String()})
 			}
 		}
+		existing := verbs[VerbExisting]
+		if existing == "" {
+			existing = VerbExisting
+		}
+		t.Existing = tc.Noun + "." + existing
+		m.events = append(m.events, EventInfo{Name: t.Existing, Table: t.Name, Op: VerbExisting})
 		for _, e := range tc.Events {
 			op := change.ParseOp(e.On)
 			t.derivedOn[op] = append(t.derivedOn[op], e)
@@ -321,7 +334,8 @@ func EventID(source string, commitLSN pglogrepl.LSN, seq uint32, name string) st
 }
 
 // UUIDv8 formats the first 16 bytes of a SHA-256 sum as a version 8 UUID:
-// the form of every id walhook derives (event ids, batch ids).
+// the form of every id walhook derives (event ids, batch ids, backfill
+// event ids).
 func UUIDv8(sum [sha256.Size]byte) string {
 	u := sum[:16]
 	u[6] = u[6]&0x0f | 0x80 // version 8
@@ -338,6 +352,22 @@ func UUIDv8(sum [sha256.Size]byte) string {
 		j += 2
 	}
 	return string(out[:])
+}
+
+// BackfillEventID returns the id of the event name of the existing row with
+// key (its key columns' text forms) of table, sent by backfill: the same
+// row of the same backfill always gets the same id, so a chunk sent again
+// after a restart can be deduplicated. It is formatted like EventID, from
+// SHA-256 over "backfill", backfill (uint64 big-endian), table, NUL, key,
+// NUL and name.
+func BackfillEventID(backfill int64, table, key, name string) string {
+	h := sha256.New()
+	h.Write([]byte("backfill"))
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(backfill)))
+	h.Write([]byte(table + "\x00" + key + "\x00" + name))
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return UUIDv8(sum)
 }
 
 // Site returns the row's site path from the table's site column: the new row,

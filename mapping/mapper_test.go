@@ -144,9 +144,11 @@ func TestMapperTablesAndEvents(t *testing.T) {
 		t.Fatalf("Tables() = %v, want %v", got, want)
 	}
 	want := []EventInfo{
+		{Name: "customer.existing", Table: "app.customers", Op: "existing"},
 		{Name: "customer.signed_up", Table: "app.customers", Op: "insert"},
 		{Name: "order.created", Table: "public.orders", Op: "insert"},
 		{Name: "order.deleted", Table: "public.orders", Op: "delete"},
+		{Name: "order.existing", Table: "public.orders", Op: "existing"},
 		{Name: "order.paid", Table: "public.orders", Op: "update", Derived: true},
 		{Name: "order.updated", Table: "public.orders", Op: "update"},
 	}
@@ -190,8 +192,9 @@ func TestNewChecksTables(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New() error: %v", err)
 	}
-	if got := len(m.Events()); got != 3 {
-		t.Fatalf("len(Events()) = %d, want 3", got)
+	// Three verbs and the backfill's order.existing.
+	if got := len(m.Events()); got != 4 {
+		t.Fatalf("len(Events()) = %d, want 4", got)
 	}
 }
 
@@ -487,4 +490,59 @@ func BenchmarkAppendData(b *testing.B) {
 		buf = tb.AppendData(buf[:0], rel, row, fill)
 	}
 	b.SetBytes(int64(len(buf)))
+}
+
+func TestExistingEvent(t *testing.T) {
+	tests := []struct {
+		name, verbs, want string
+	}{
+		{name: "default verbs", verbs: "", want: "order.existing"},
+		{name: "verbs without existing", verbs: "    verbs: {insert: created}\n", want: "order.existing"},
+		{name: "renamed", verbs: "    verbs: {insert: created, existing: current}\n", want: "order.current"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := mustMapper(t, "tables:\n  - table: public.orders\n    noun: order\n    acl: \"true\"\n"+tc.verbs)
+			if got := m.Table("public.orders").Existing; got != tc.want {
+				t.Fatalf("Existing = %q, want %q", got, tc.want)
+			}
+			if !slices.ContainsFunc(m.Events(), func(e EventInfo) bool { return e.Name == tc.want && e.Op == VerbExisting }) {
+				t.Fatalf("Events() = %v, want %s offered", m.Events(), tc.want)
+			}
+		})
+	}
+}
+
+func TestBackfillEventID(t *testing.T) {
+	id := BackfillEventID(7, "public.orders", "42", "order.existing")
+	if again := BackfillEventID(7, "public.orders", "42", "order.existing"); again != id {
+		t.Fatalf("BackfillEventID() = %s then %s, want the same", id, again)
+	}
+	for _, other := range []string{
+		BackfillEventID(8, "public.orders", "42", "order.existing"),
+		BackfillEventID(7, "public.orders", "43", "order.existing"),
+		BackfillEventID(7, "public.order", "s\x0042", "order.existing"),
+	} {
+		if other == id {
+			t.Fatalf("BackfillEventID() = %s for another backfill or row", id)
+		}
+	}
+	if len(id) != 36 || id[14] != '8' {
+		t.Fatalf("BackfillEventID() = %s, want a version 8 UUID", id)
+	}
+}
+
+func TestExistingEventClash(t *testing.T) {
+	_, err := Parse("walhook.yaml", []byte(`tables:
+  - table: public.orders
+    noun: order
+    acl: "true"
+    events:
+      - name: order.existing
+        on: update
+        when: "true"
+`))
+	if err == nil || !strings.Contains(err.Error(), "order.existing") {
+		t.Fatalf("Parse() error = %v, want order.existing named twice", err)
+	}
 }

@@ -93,7 +93,7 @@ func validateTables(file string, tables []*TableConfig) Errors {
 		for _, op := range sortedOps(verbs) {
 			f := path + ".verbs." + op
 			verb := verbs[op]
-			if !slices.Contains(ops, op) {
+			if !slices.Contains(ops, op) && op != VerbExisting {
 				badVerb = true
 				c.add(t.line("verbs."+op, "verbs"), f, fmt.Sprintf("unknown operation %q (want insert, update or delete)", op))
 				continue
@@ -113,6 +113,10 @@ func validateTables(file string, tables []*TableConfig) Errors {
 				field, line = path+".noun", t.line("noun")
 			}
 			claim(name, field, line)
+		}
+		if _, named := verbs[VerbExisting]; !named && nounOK {
+			// Every table offers <noun>.existing, a backfill's event.
+			claim(t.Noun+"."+VerbExisting, path+".noun", t.line("noun"))
 		}
 
 		// Skipped after a bad verb, which already explains the missing event.

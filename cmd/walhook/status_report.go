@@ -70,6 +70,9 @@ func printStatus(w io.Writer, st *walhook.StatusReport) error {
 	if err := printStatic(w, st.Static); err != nil {
 		return err
 	}
+	if err := printBackfills(w, st.Backfills); err != nil {
+		return err
+	}
 	if len(st.RecentFailures) == 0 {
 		_, err := fmt.Fprintln(w, "RECENT FAILURES: none")
 		return err
@@ -157,4 +160,27 @@ func byteSize(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
+
+// printBackfills lists the backfills under way or recently finished;
+// nothing when there are none.
+func printBackfills(w io.Writer, bs []walhook.BackfillStatus) error {
+	if len(bs) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "BACKFILLS")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  ID\tTABLE\tSUBSCRIPTION\tSTATUS\tROWS SENT\tESTIMATE\tERROR")
+	for _, b := range bs {
+		est := "?"
+		if b.Estimate != nil {
+			est = fmt.Sprint(*b.Estimate)
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%d\t%s\t%s\n", b.ID, b.Table, b.SubscriptionID, b.Status, b.RowsSent, est, oneLine(b.Error, 80))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(w)
+	return err
 }

@@ -1,0 +1,444 @@
+package walhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/demo"
+	"github.com/walhook/walhook/internal/e2e"
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+// backfill starts a backfill of sub and returns its id.
+func (e *env) backfill(sub string, tables ...string) int64 {
+	e.T.Helper()
+	var id int64
+	var arg any
+	if len(tables) > 0 {
+		arg = tables
+	}
+	if err := e.Conn.QueryRow(context.Background(), `SELECT walhook.backfill($1, $2)`, sub, arg).Scan(&id); err != nil {
+		e.T.Fatalf("backfill(%s): %v", sub, err)
+	}
+	return id
+}
+
+// waitBackfill waits until every table of backfill id has status.
+func (e *env) waitBackfill(id int64, status string, timeout time.Duration) {
+	e.T.Helper()
+	e2e.WaitFor(e.T, timeout, fmt.Sprintf("backfill %d %s", id, status), func() bool {
+		return e.Count(`SELECT count(*) FROM walhook.backfills WHERE id = $1 AND status <> $2`, id, status) == 0
+	})
+}
+
+// existingRows counts, per order id, the order.existing events at path of
+// backfill id, checking their marker.
+func existingRows(t *testing.T, r *e2e.Receiver, path string, id int64) map[int]int {
+	t.Helper()
+	out := map[int]int{}
+	for _, d := range r.Deliveries(path) {
+		var env struct {
+			Event    string         `json:"event"`
+			Backfill int64          `json:"backfill"`
+			Data     map[string]any `json:"data"`
+		}
+		if err := json.Unmarshal(d.Body, &env); err != nil {
+			t.Fatalf("body %s: %v", d.Body, err)
+		}
+		if env.Event != "order.existing" {
+			continue
+		}
+		if env.Backfill != id {
+			t.Fatalf("backfill marker %d, want %d", env.Backfill, id)
+		}
+		n, _ := env.Data["id"].(float64)
+		out[int(n)]++
+	}
+	return out
+}
+
+// TestBackfillExistingRows: 10,000 existing orders reach the subscription
+// the backfill is for, once each, as order.existing; another owner's
+// backfill gets only the rows its rule allows; other subscriptions get
+// nothing.
+func TestBackfillExistingRows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, CASE WHEN i % 2 = 0 THEN 7 ELSE 8 END, i FROM generate_series(1, 10000) i`)
+	admin := e.Subscribe("order.*", "/admin")
+	var bob string
+	if err := e.Conn.QueryRow(context.Background(), `SELECT walhook.subscribe('order.created', $1, '2')::text`, e.Recv.URL+"/bob").Scan(&bob); err != nil {
+		t.Fatal(err)
+	}
+	e.Subscribe("order.*", "/other")
+	e.start()
+
+	// Bad input is refused up front.
+	_, err := e.Conn.Exec(context.Background(), `SELECT walhook.backfill($1, ARRAY['public.audit_log'])`, admin)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "22023" {
+		t.Fatalf("backfill of an unmapped table: %v, want 22023", err)
+	}
+
+	a := e.backfill(admin)
+	b := e.backfill(bob, "public.orders")
+	e.waitBackfill(a, "done", 60*time.Second)
+	e.waitBackfill(b, "done", 60*time.Second)
+	e2e.WaitFor(t, 60*time.Second, "every row at /admin", func() bool { return len(e.Recv.Deliveries("/admin")) >= 10000 })
+	e2e.WaitFor(t, 60*time.Second, "tenant 7's rows at /bob", func() bool { return len(e.Recv.Deliveries("/bob")) >= 5000 })
+
+	got := existingRows(t, e.Recv, "/admin", a)
+	if len(got) != 10000 {
+		t.Fatalf("%d distinct rows at /admin, want 10000", len(got))
+	}
+	for id, n := range got {
+		if n != 1 {
+			t.Fatalf("row %d arrived %d times, want once", id, n)
+		}
+	}
+	got = existingRows(t, e.Recv, "/bob", b)
+	if len(got) != 5000 {
+		t.Fatalf("%d distinct rows at /bob, want tenant 7's 5000", len(got))
+	}
+	for id := range got {
+		if id%2 != 0 {
+			t.Fatalf("row %d (tenant 8) reached bob", id)
+		}
+	}
+	if n := len(e.Recv.Deliveries("/other")); n != 0 {
+		t.Fatalf("%d deliveries to another subscription, want none", n)
+	}
+	// The customers table offers customer.existing too, but admin takes
+	// only order.*: its backfill read public.orders only.
+	if n := e.Count(`SELECT count(*) FROM walhook.backfills WHERE id = $1`, a); n != 1 {
+		t.Fatalf("backfill %d has %d tables, want 1 (public.orders)", a, n)
+	}
+	if n := e.Count(`SELECT rows_sent::int FROM walhook.backfills WHERE id = $1`, a); n != 10000 {
+		t.Fatalf("rows_sent = %d, want 10000", n)
+	}
+	st, err := Status(context.Background(), e.Conn, e.Slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Backfills) != 2 || st.Backfills[1].ID != a || st.Backfills[1].Status != "done" || st.Backfills[1].RowsSent != 10000 {
+		t.Fatalf("Status().Backfills = %+v, want backfills %d and %d, done", st.Backfills, b, a)
+	}
+}
+
+// TestBackfillConcurrentWrites: rows updated and deleted while the backfill
+// reads them end in their final state at the receiver. One delivery at a
+// time to the host keeps arrival order the order of the stream.
+func TestBackfillConcurrentWrites(t *testing.T) {
+	t.Parallel()
+	cfg := replace(t, string(demo.Config), "max_per_host: 16", "max_per_host: 1")
+	e := newEnv(t, cfg)
+	const rows = 3000
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, 0 FROM generate_series(1, $1::int) i`, rows)
+	sub := e.Subscribe("order.*", "/all")
+	e.start(func(c *Config) { c.BackfillChunk = 50 })
+	id := e.backfill(sub)
+	// Write until the backfill is done: each round bumps some rows' total and
+	// deletes one, ahead of and behind the reader.
+	for round := 1; round <= 10000; round++ {
+		if e.Count(`SELECT count(*) FROM walhook.backfills WHERE id = $1 AND status <> 'done'`, id) == 0 {
+			break
+		}
+		k := (round * 37) % rows
+		e.Exec(`UPDATE public.orders SET total = total + 1 WHERE id IN ($1, $2, $3)`, k+1, (k+500)%rows+1, (k*7)%rows+1)
+		if round%5 == 0 {
+			e.Exec(`DELETE FROM public.orders WHERE id = $1`, (k*13)%rows+1)
+		}
+	}
+	e.waitBackfill(id, "done", 120*time.Second)
+	deleted := e.assertLastEvents(rows)
+	if deleted == 0 {
+		t.Fatalf("no row was deleted while the backfill ran: the test proves nothing")
+	}
+}
+
+// TestBackfillResumesAfterRestart: a backfill stopped mid-way resumes from
+// its last finished chunk when walhook starts again, and every row arrives.
+func TestBackfillResumesAfterRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, i FROM generate_series(1, 10000) i`)
+	sub := e.Subscribe("order.*", "/all")
+	chunk := func(c *Config) { c.BackfillChunk = 100 }
+	e.start(chunk)
+	id := e.backfill(sub)
+	e2e.WaitFor(t, 60*time.Second, "some chunks", func() bool {
+		return e.Count(`SELECT rows_sent::int FROM walhook.backfills WHERE id = $1`, id) >= 2000
+	})
+	e.stop()
+	if n := e.Count(`SELECT count(*) FROM walhook.backfills WHERE id = $1 AND status = 'running'`, id); n != 1 {
+		t.Fatalf("backfill not running after the stop (%d rows), want it to resume", n)
+	}
+	at := e.Count(`SELECT rows_sent::int FROM walhook.backfills WHERE id = $1`, id)
+	e.svc = nil
+	e.start(chunk)
+	e.waitBackfill(id, "done", 120*time.Second)
+	got := existingRows(t, e.Recv, "/all", id)
+	e2e.WaitFor(t, 60*time.Second, "every row", func() bool {
+		got = existingRows(t, e.Recv, "/all", id)
+		return len(got) == 10000
+	})
+	// Resumed, not started over: at most the unfinished chunk is sent again.
+	total := 0
+	for _, n := range got {
+		total += n
+	}
+	if dup := total - 10000; dup > 2*100 {
+		t.Fatalf("%d rows sent again after resuming at %d, want at most a chunk or two", dup, at)
+	}
+}
+
+// TestBackfillCancel: a cancelled backfill reads no further chunk.
+func TestBackfillCancel(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, i FROM generate_series(1, 10000) i`)
+	e.Exec(`INSERT INTO public.customers (id, tenant_id, name) VALUES (1, 7, 'a')`)
+	sub := e.Subscribe("order.*", "/all")
+	cust := e.Subscribe("customer.*", "/cust")
+	e.start(func(c *Config) { c.BackfillChunk = 100 })
+	id := e.backfill(sub)
+	e2e.WaitFor(t, 60*time.Second, "a chunk", func() bool {
+		return e.Count(`SELECT rows_sent::int FROM walhook.backfills WHERE id = $1`, id) >= 100
+	})
+	var ok bool
+	if err := e.Conn.QueryRow(context.Background(), `SELECT walhook.cancel_backfill($1)`, id).Scan(&ok); err != nil || !ok {
+		t.Fatalf("cancel_backfill = %v, %v; want true", ok, err)
+	}
+	at := e.Count(`SELECT rows_sent::int FROM walhook.backfills WHERE id = $1`, id)
+	// Backfills run one after another: once a later one is done, the
+	// cancelled one has stopped.
+	later := e.backfill(cust)
+	e.waitBackfill(later, "done", 60*time.Second)
+	e.Recv.Wait(t, "/cust", 1)
+	if got := len(existingRows(t, e.Recv, "/all", id)); got >= 10000 || got > at+100 {
+		t.Fatalf("%d rows after cancelling at %d, want at most the chunk under way more", got, at)
+	}
+	if err := e.Conn.QueryRow(context.Background(), `SELECT walhook.cancel_backfill($1)`, id).Scan(&ok); err != nil || ok {
+		t.Fatalf("cancel_backfill again = %v, %v; want false", ok, err)
+	}
+}
+
+// TestBackfillRate measures a backfill of WALHOOK_BACKFILL_BENCH rows (e.g.
+// 100000) to one receiver, from walhook.backfill() to the last delivery.
+// Opt-in: it only measures.
+func TestBackfillRate(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("WALHOOK_BACKFILL_BENCH"))
+	if n <= 0 {
+		t.Skip("set WALHOOK_BACKFILL_BENCH=<rows> to measure the backfill rate")
+	}
+	e := newEnv(t, "")
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, i FROM generate_series(1, $1::int) i`, n)
+	e.Exec(`ANALYZE public.orders`)
+	sub := e.Subscribe("order.*", "/all")
+	e.start()
+	start := time.Now()
+	id := e.backfill(sub)
+	e2e.WaitFor(t, 30*time.Minute, "every row", func() bool { return len(e.Recv.Deliveries("/all")) >= n })
+	el := time.Since(start)
+	e.waitBackfill(id, "done", time.Minute)
+	t.Logf("backfill of %d rows: %s, %.0f rows/s", n, el.Round(time.Millisecond), float64(n)/el.Seconds())
+}
+
+// TestBackfillOwnerScope: an application session acts only for its owner:
+// it cannot backfill or cancel another owner's subscription, and
+// walhook.backfills shows it only its own.
+func TestBackfillOwnerScope(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	role := e2e.RoleName("app_", e.Slot)
+	qr := pgx.Identifier{role}.Sanitize()
+	e.Exec(`CREATE ROLE ` + qr + ` LOGIN IN ROLE walhook_app`)
+	t.Cleanup(func() { _, _ = e.Conn.Exec(context.Background(), `DROP ROLE IF EXISTS `+qr) })
+	other := e.Subscribe("order.created", "/other") // owner "1"
+	theirs := e.backfill(other)
+	ctx := context.Background()
+	app, err := pgx.Connect(ctx, e2e.DSNAs(t, e.DSN, role))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(ctx)
+	if _, err := app.Exec(ctx, `SET walhook.owner = '2'`); err != nil {
+		t.Fatal(err)
+	}
+	var mine string
+	if err := app.QueryRow(ctx, `SELECT walhook.subscribe('order.*', 'https://example.com/h', '2')::text`).Scan(&mine); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := app.QueryRow(ctx, `SELECT walhook.backfill($1)`, mine).Scan(&id); err != nil {
+		t.Fatalf("backfill own subscription: %v", err)
+	}
+	for _, tc := range []struct {
+		name, sql string
+		arg       any
+	}{
+		{"backfill", `SELECT walhook.backfill($1)`, other},
+		{"cancel", `SELECT walhook.cancel_backfill($1)`, theirs},
+	} {
+		_, err := app.Exec(ctx, tc.sql, tc.arg)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+			t.Fatalf("%s for another owner: %v, want 42501", tc.name, err)
+		}
+	}
+	var seen []int64
+	rows, err := app.Query(ctx, `SELECT id FROM walhook.backfills ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil || len(seen) != 1 || seen[0] != id {
+		t.Fatalf("walhook.backfills as owner 2 = %v, %v; want [%d]", seen, err, id)
+	}
+}
+
+// TestBackfillFailsForInactiveSubscription: a subscription deactivated
+// during its backfill fails the backfill, saying why, rather than have its
+// rows skipped without a word.
+func TestBackfillFailsForInactiveSubscription(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, i FROM generate_series(1, 10000) i`)
+	sub := e.Subscribe("order.*", "/all")
+	e.start(func(c *Config) { c.BackfillChunk = 100 })
+	id := e.backfill(sub)
+	e2e.WaitFor(t, 60*time.Second, "a chunk", func() bool {
+		return e.Count(`SELECT rows_sent::int FROM walhook.backfills WHERE id = $1`, id) >= 100
+	})
+	e.Exec(`SELECT walhook.deactivate($1)`, sub)
+	e.waitBackfill(id, "failed", 60*time.Second)
+	var msg string
+	if err := e.Conn.QueryRow(context.Background(), `SELECT error FROM walhook.backfills WHERE id = $1`, id).Scan(&msg); err != nil || !strings.Contains(msg, "inactive") {
+		t.Fatalf("error = %q, %v; want it to say the subscription is inactive", msg, err)
+	}
+}
+
+// assertLastEvents waits for the stream's end and checks that each of rows
+// 1..rows ends at the receiver in its state in the table: its last event
+// carries the table's total, or is order.deleted for a row deleted. It
+// returns how many were deleted.
+func (e *env) assertLastEvents(rows int) int {
+	t := e.T
+	t.Helper()
+	ctx := context.Background()
+	// A last write marks the end of the stream to wait for.
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES ($1, 7, 0)`, rows+1)
+	e.Recv.WaitRows(t, "/all", float64(rows+1))
+
+	final := map[int]string{}
+	rs, err := e.Conn.Query(ctx, `SELECT id, total::text FROM public.orders WHERE id <= $1`, rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var k int
+		var total string
+		if err := rs.Scan(&k, &total); err != nil {
+			t.Fatal(err)
+		}
+		final[k] = total
+	}
+	rs.Close()
+	type seen struct{ event, total string }
+	last := map[int]seen{}
+	for _, d := range e.Recv.Deliveries("/all") {
+		env := d.Envelope(t)
+		data, _ := env["data"].(map[string]any)
+		k, _ := data["id"].(float64)
+		total := fmt.Sprint(data["total"])
+		last[int(k)] = seen{event: env["event"].(string), total: total}
+	}
+	deleted := 0
+	for k := 1; k <= rows; k++ {
+		l, ok := last[k]
+		want, exists := final[k]
+		switch {
+		case !exists:
+			deleted++
+			if l.event != "order.deleted" {
+				t.Fatalf("row %d was deleted; its last event is %q, want order.deleted", k, l.event)
+			}
+		case !ok:
+			t.Fatalf("row %d never arrived", k)
+		case l.event == "order.deleted":
+			t.Fatalf("row %d exists; its last event is order.deleted", k)
+		default:
+			w, _ := strconv.ParseFloat(want, 64)
+			if g, _ := strconv.ParseFloat(l.total, 64); g != w {
+				t.Fatalf("row %d: last event %s has total %s, the table %s", k, l.event, l.total, want)
+			}
+		}
+	}
+	return deleted
+}
+
+// TestBackfillChunkWindow: in every chunk, a row updated and a row deleted
+// after the chunk was read and before its high watermark end in their
+// final state at the receiver: the chunk leaves them to their live events.
+// public.orders has REPLICA IDENTITY FULL (order.paid reads old.status),
+// under which the stream marks every column as key, so this also checks
+// that the window keys changes by the backfill's own key.
+func TestBackfillChunkWindow(t *testing.T) {
+	t.Parallel()
+	cfg := replace(t, string(demo.Config), "max_per_host: 16", "max_per_host: 1")
+	e := newEnv(t, cfg)
+	const rows = 200
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, 0 FROM generate_series(1, $1::int) i`, rows)
+	sub := e.Subscribe("order.*", "/all")
+	hc := pgtest.Connect(t, e.DSN)
+	var (
+		mu      sync.Mutex
+		hookErr error
+		chunks  int
+	)
+	svc := e.newService(func(c *Config) { c.BackfillChunk = 50 })
+	svc.hooks.chunkRead = func(rs []change.Row) {
+		if len(rs) < 2 {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		first, last := string(rs[0][0].Text), string(rs[len(rs)-1][0].Text)
+		for q, id := range map[string]string{
+			`UPDATE public.orders SET total = total + 5 WHERE id = $1::bigint`: first,
+			`DELETE FROM public.orders WHERE id = $1::bigint`:                  last,
+		} {
+			if _, err := hc.Exec(context.Background(), q, id); err != nil && hookErr == nil {
+				hookErr = err
+			}
+		}
+		chunks++
+	}
+	e.run(svc)
+	id := e.backfill(sub)
+	e.waitBackfill(id, "done", 60*time.Second)
+	mu.Lock()
+	err, n := hookErr, chunks
+	mu.Unlock()
+	if err != nil {
+		t.Fatalf("write inside a chunk's window: %v", err)
+	}
+	if n != rows/50 {
+		t.Fatalf("wrote inside %d chunks' windows, want %d", n, rows/50)
+	}
+	if deleted := e.assertLastEvents(rows); deleted != n {
+		t.Fatalf("%d rows deleted, want %d", deleted, n)
+	}
+}
