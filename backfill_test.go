@@ -262,18 +262,10 @@ func TestBackfillRate(t *testing.T) {
 func TestBackfillOwnerScope(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
-	role := e2e.RoleName("app_", e.Slot)
-	qr := pgx.Identifier{role}.Sanitize()
-	e.Exec(`CREATE ROLE ` + qr + ` LOGIN IN ROLE walhook_app`)
-	t.Cleanup(func() { _, _ = e.Conn.Exec(context.Background(), `DROP ROLE IF EXISTS `+qr) })
 	other := e.Subscribe("order.created", "/other") // owner "1"
 	theirs := e.backfill(other)
 	ctx := context.Background()
-	app, err := pgx.Connect(ctx, e2e.DSNAs(t, e.DSN, role))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close(ctx)
+	app := e.loginRole("app_", "walhook_app")
 	if _, err := app.Exec(ctx, `SET walhook.owner = '2'`); err != nil {
 		t.Fatal(err)
 	}

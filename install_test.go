@@ -68,34 +68,11 @@ func demoConfig(t *testing.T) *mapping.Config {
 // creates the schema or publication or changes a replica identity.
 func TestInstallOnReplicaWALLevelChangesNothing(t *testing.T) {
 	t.Parallel()
-	if os.Getenv(pglocal.EnvDatabaseURL) != "" {
-		t.Skipf("%s names an external server, whose wal_level this test cannot set", pglocal.EnvDatabaseURL)
-	}
 	ctx := context.Background()
-	srv, err := pglocal.Start(ctx, pglocal.Options{ExtraConf: map[string]string{"wal_level": "replica"}, Logf: t.Logf})
-	if err != nil {
-		t.Fatalf("start a wal_level=replica server: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	dsn, err := srv.CreateDatabase(ctx, "replica_level")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.WithoutCancel(ctx)) })
-	if _, err := conn.Exec(ctx, demo.Schema); err != nil {
-		t.Fatal(err)
-	}
+	conn := ownServer(t, map[string]string{"wal_level": "replica"}, "replica_level")
 
 	for _, dryRun := range []bool{true, false} {
-		_, err = Install(ctx, conn, demoConfig(t), InstallOptions{DryRun: dryRun})
+		_, err := Install(ctx, conn, demoConfig(t), InstallOptions{DryRun: dryRun})
 		want := "wal_level is replica; walhook needs logical decoding: run ALTER SYSTEM SET wal_level = logical as a superuser, then restart PostgreSQL"
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("Install(DryRun: %v) = %v, want an error containing %q", dryRun, err, want)
@@ -208,31 +185,8 @@ func TestInstallDryRunThenInstallThenUninstall(t *testing.T) {
 // reads it): Status reports slot_lost, and Check refuses it with the fix.
 func TestLostSlot(t *testing.T) {
 	t.Parallel()
-	if os.Getenv(pglocal.EnvDatabaseURL) != "" {
-		t.Skipf("%s names an external server, whose settings this test cannot change", pglocal.EnvDatabaseURL)
-	}
 	ctx := context.Background()
-	srv, err := pglocal.Start(ctx, pglocal.Options{ExtraConf: map[string]string{"max_slot_wal_keep_size": "1MB"}, Logf: t.Logf})
-	if err != nil {
-		t.Fatalf("start a server: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	dsn, err := srv.CreateDatabase(ctx, "lost_slot")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.WithoutCancel(ctx)) })
-	if _, err := conn.Exec(ctx, demo.Schema); err != nil {
-		t.Fatal(err)
-	}
+	conn := ownServer(t, map[string]string{"max_slot_wal_keep_size": "1MB"}, "lost_slot")
 	if _, err := Install(ctx, conn, demoConfig(t), InstallOptions{}); err != nil {
 		t.Fatalf("Install() = %v", err)
 	}
@@ -310,4 +264,39 @@ delivery:`, 1)
 	e.Exec(`INSERT INTO public.notes VALUES (1, 'a')`)
 	e.Exec(`UPDATE public.notes SET body = 'b' WHERE id = 1`)
 	e.Exec(`DELETE FROM public.notes WHERE id = 1`)
+}
+
+// ownServer starts a server of the test's own with the settings conf (they
+// apply to the whole server), creates database db in it with the demo
+// schema, and returns a connection to it. It skips when
+// WALHOOK_TEST_DATABASE_URL names an external server, whose settings a test
+// cannot change.
+func ownServer(t *testing.T, conf map[string]string, db string) *pgx.Conn {
+	t.Helper()
+	if os.Getenv(pglocal.EnvDatabaseURL) != "" {
+		t.Skipf("%s names an external server, whose settings this test cannot change (%v)", pglocal.EnvDatabaseURL, conf)
+	}
+	ctx := context.Background()
+	srv, err := pglocal.Start(ctx, pglocal.Options{ExtraConf: conf, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("start a server with %v: %v", conf, err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	dsn, err := srv.CreateDatabase(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.WithoutCancel(ctx)) })
+	if _, err := conn.Exec(ctx, demo.Schema); err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
