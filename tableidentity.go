@@ -94,11 +94,20 @@ func planPartitions(ctx context.Context, q cdc.Querier, tables []*mapping.TableC
 // that lack REPLICA IDENTITY FULL, the root first. Foreign partitions are
 // left out: PostgreSQL publishes nothing of them.
 func partitionFixes(ctx context.Context, q cdc.Querier, table string) ([]identityFix, error) {
+	// The tree is walked in SQL over pg_inherits, not with
+	// pg_partition_tree(): that function reads the catalog in a snapshot of
+	// its own, newer than the statement's, so a partition attached (and
+	// given FULL by the event trigger) meanwhile would show as attached
+	// with the identity it had before, a drift that never was.
 	rows, err := q.Query(ctx, `
+		WITH RECURSIVE t(relid, level) AS (
+			SELECT to_regclass($1)::oid, 0
+			UNION ALL
+			SELECT i.inhrelid, t.level + 1 FROM pg_inherits i JOIN t ON i.inhparent = t.relid)
 		SELECT n.nspname, c.relname, c.relreplident::text,
 			coalesce((SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
 				WHERE i.indrelid = c.oid AND i.indisreplident), '')
-		FROM pg_partition_tree(to_regclass($1)) t
+		FROM t
 		JOIN pg_class c ON c.oid = t.relid
 		JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
