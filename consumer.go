@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/acl"
@@ -163,7 +164,7 @@ func (c *consumer) releaseAll(ctx context.Context, until *time.Time) error {
 func (c *consumer) releaser(out submitter) *router {
 	r := c.router
 	rr := newRouter(r.mapper, r.rules, r.idx, r.owners, out, r.store, r.dialects, r.log, r.metrics)
-	rr.holdLog, rr.byRel, rr.renamed = r.holdLog, r.byRel, r.renamed
+	rr.holdLog, rr.byRel, rr.renamed, rr.pks = r.holdLog, r.byRel, r.renamed, r.pks
 	return rr
 }
 
@@ -325,6 +326,38 @@ func (s *Service) mappedRelations(ctx context.Context, db *pgxpool.Pool) (map[ui
 		if oid != nil {
 			out[*oid] = t
 		}
+	}
+	return out, nil
+}
+
+// primaryKeys returns the primary key columns of the mapped tables that
+// have one, which ordering: key orders rows by when a table sets no key:.
+func (s *Service) primaryKeys(ctx context.Context, db *pgxpool.Pool) (map[string][]string, error) {
+	names := make([]string, 0, len(s.mapper.Tables()))
+	for _, t := range s.mapper.Tables() {
+		names = append(names, quoteTable(t))
+	}
+	rows, err := db.Query(ctx, `SELECT t.name, array_agg(a.attname::text ORDER BY k.n)
+		FROM unnest($1::text[]) AS t(name)
+		JOIN pg_index i ON i.indrelid = to_regclass(t.name) AND i.indisprimary
+		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+		GROUP BY t.name`, names)
+	if err != nil {
+		return nil, fmt.Errorf("look up primary keys: %w", err)
+	}
+	byQuoted := map[string]string{}
+	for _, t := range s.mapper.Tables() {
+		byQuoted[quoteTable(t)] = t
+	}
+	out := map[string][]string{}
+	var name string
+	var cols []string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &cols}, func() error {
+		out[byQuoted[name]] = cols
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("look up primary keys: %w", err)
 	}
 	return out, nil
 }

@@ -97,6 +97,11 @@ type router struct {
 	byRel   map[uint32]*mapping.Table
 	renamed map[uint32]string // the name last warned about, per relation id
 
+	// pks are the mapped tables' primary key columns, and orderCols the
+	// columns each relation's row key is read from, for ordering: key.
+	pks       map[string][]string
+	orderCols map[*change.Relation][]int
+
 	// pendingHolds are the current change's held deliveries.
 	pendingHolds []held
 
@@ -129,13 +134,14 @@ func newRouter(mapper *mapping.Mapper, rules *acl.Rules, idx *subs.Index, owners
 	return &router{
 		mapper: mapper, rules: rules, idx: idx, owners: owners, out: out, store: store, dialects: dialects,
 		log: log, metrics: m, now: time.Now,
-		missing: map[string]int{},
-		sent:    map[string]bool{},
-		shapes:  map[*change.Relation]string{},
-		byRel:   map[uint32]*mapping.Table{},
-		renamed: map[uint32]string{},
-		holdLog: &holdLog{log: log},
-		verdict: verdict{allowed: map[string]bool{}, failed: map[string]error{}},
+		missing:   map[string]int{},
+		sent:      map[string]bool{},
+		shapes:    map[*change.Relation]string{},
+		orderCols: map[*change.Relation][]int{},
+		byRel:     map[uint32]*mapping.Table{},
+		renamed:   map[uint32]string{},
+		holdLog:   &holdLog{log: log},
+		verdict:   verdict{allowed: map[string]bool{}, failed: map[string]error{}},
 	}
 }
 
@@ -423,6 +429,7 @@ func (r *router) judge(ctx context.Context, t *mapping.Table, ch *change.Change,
 func (r *router) fanOut(ctx context.Context, txn work, ev *mapping.Event, site string, txSites []string) error {
 	v := &r.verdict
 	var bodies map[string][]byte
+	var order *deliver.Order
 	clear(r.sent)
 	for _, s := range r.matched {
 		if err := v.ownersErr; err != nil {
@@ -470,8 +477,7 @@ func (r *router) fanOut(ctx context.Context, txn work, ev *mapping.Event, site s
 		if key != nil && s.PrevSecret != "" && r.now().Before(s.PrevSecretUntil) {
 			prevKey = r.key(s.ID, s.PrevSecret)
 		}
-		txn.Add(1)
-		err := r.out.Submit(ctx, &deliver.Request{
+		req := &deliver.Request{
 			SubscriptionID: s.ID,
 			EventID:        ev.ID,
 			Event:          ev.Name,
@@ -488,14 +494,85 @@ func (r *router) fanOut(ctx context.Context, txn work, ev *mapping.Event, site s
 			Committed:      ev.Change.Tx.CommitTime,
 			Done:           txn.Done,
 			Batch:          d.Batch,
-		})
-		if err != nil {
+		}
+		if d.OrderByKey {
+			if order == nil {
+				o := r.order(ev.Table, ev.Change)
+				order = &o
+			}
+			req.Order = *order
+		}
+		txn.Add(1)
+		if err := r.out.Submit(ctx, req); err != nil {
 			// Not submitted: nothing will call Done, and the transaction
 			// must not be acknowledged, so the work stays added.
 			return err
 		}
 	}
 	return nil
+}
+
+// order is ch's place in the sequence of its row key, for dialects with
+// ordering: key. The key is the table's key: its key: columns, else its
+// primary key, else the columns the replica identity sends as the key.
+func (r *router) order(t *mapping.Table, ch *change.Change) deliver.Order {
+	rel := ch.Relation
+	cols, ok := r.orderCols[rel]
+	if !ok {
+		names := t.Config.Key
+		if len(names) == 0 {
+			names = r.pks[t.Name]
+		}
+		for _, n := range names {
+			if i := rel.ColumnIndex(n); i >= 0 {
+				cols = append(cols, i)
+			}
+		}
+		if len(cols) != len(names) || len(cols) == 0 {
+			cols = cols[:0]
+			for i, c := range rel.Columns {
+				if c.Key {
+					cols = append(cols, i)
+				}
+			}
+		}
+		r.orderCols[rel] = cols
+	}
+	row := ch.New
+	if row == nil {
+		row = ch.Old
+	}
+	k, ok := orderKeyOf(t.Name, row, cols)
+	if !ok {
+		// A key column unchanged and TOASTed in the new row: the old row
+		// has it, and an update that changes the key sends it in both.
+		if k, ok = orderKeyOf(t.Name, ch.Old, cols); !ok {
+			k = t.Name
+		}
+	}
+	return deliver.Order{Key: k, LSN: uint64(ch.Tx.CommitLSN), N: uint64(ch.Seq)}
+}
+
+// orderKeyOf is the table's name and a JSON array of the key columns'
+// values, as text (walhook.deliveries stores it; text cannot hold the NUL
+// keyOf joins with); ok is false when one is unknown.
+func orderKeyOf(table string, row change.Row, cols []int) (string, bool) {
+	b := append(make([]byte, 0, len(table)+32), table...)
+	b = append(b, '[')
+	for i, c := range cols {
+		if c < 0 || c >= len(row) || row[c].Kind == change.Unchanged {
+			return "", false
+		}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if row[c].Kind == change.Text {
+			b = change.AppendString(b, row[c].Text)
+		} else {
+			b = append(b, "null"...)
+		}
+	}
+	return string(append(b, ']')), true
 }
 
 // key decodes a secret; an unusable one sends unsigned, with a warning.

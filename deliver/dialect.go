@@ -20,6 +20,9 @@ type Dialect struct {
 	RateLimit float64
 	// Batch sends many events in one request; nil sends one per request.
 	Batch *Batch
+	// OrderByKey sends one subscription's events of one row key one after
+	// another in commit order (ordering: key); see Request.Order.
+	OrderByKey bool
 }
 
 // Batch is a dialect's batching: events to one subscription are collected
@@ -52,7 +55,8 @@ func Dialects(cfg *mapping.Config, version string) map[string]*Dialect {
 	out := map[string]*Dialect{}
 	ua := "walhook/" + version
 	for name, dc := range cfg.Dialects {
-		d := &Dialect{Name: name, Body: dc.Body, Method: dc.Method, UserAgent: dc.UserAgent, Header: http.Header{}}
+		d := &Dialect{Name: name, Body: dc.Body, Method: dc.Method, UserAgent: dc.UserAgent, Header: http.Header{},
+			OrderByKey: dc.Ordering == mapping.OrderingKey}
 		switch {
 		case dc.RateLimit != nil:
 			d.RateLimit = *dc.RateLimit

@@ -120,6 +120,8 @@ func (q *Queue) Run(stop, work context.Context) error {
 		}
 		select {
 		case <-t.C:
+		case <-q.worker.rec.settled:
+			// Queued deliveries finished: what waits behind them may be due.
 		case <-stop.Done():
 			return nil
 		}
@@ -181,6 +183,12 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 				SELECT d.id FROM walhook.deliveries d
 				JOIN walhook.subscriptions s ON s.id = d.subscription_id AND s.active
 				WHERE d.next_attempt_at <= now()
+				  -- ordering: key: only the first left of its subscription
+				  -- and key, so one key's deliveries go one at a time, in
+				  -- commit order, across retries and processes.
+				  AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM walhook.deliveries e
+					WHERE e.subscription_id = d.subscription_id AND e.order_key = d.order_key
+					  AND (e.order_lsn, e.order_n, e.id) < (d.order_lsn, d.order_n, d.id)))
 				ORDER BY d.next_attempt_at
 				LIMIT $1
 				FOR UPDATE OF d SKIP LOCKED)

@@ -74,6 +74,7 @@ const (
 	verdictRetry                    // failed; queue the next attempt
 	verdictFailed                   // failed and the schedule is used up
 	verdictGone                     // 410: failed, deactivate, never retry
+	verdictBehind                   // not attempted: queued behind its key's retry
 )
 
 // decide applies the outcome rules to attempt number attempt: it returns the
@@ -82,6 +83,8 @@ const (
 // number in [0, 1).
 func (p RetryPolicy) decide(attempt int, o Outcome, retryAfter time.Duration, rnd func() float64) (verdict, time.Duration) {
 	switch {
+	case o.behind:
+		return verdictBehind, 0
 	case o.Succeeded():
 		return verdictSucceeded, 0
 	case o.Err == nil && o.Status == http.StatusGone:
@@ -158,10 +161,14 @@ type recorder struct {
 	obs Observer
 	// fails rate-limits the WARN lines of failed attempts.
 	fails failureLog
+	// settled is signalled when a batch finished queued deliveries: the
+	// queue polls again at once, for what waited behind them (ordering:
+	// key) instead of one delivery per key per poll interval.
+	settled chan struct{}
 }
 
 func newRecorder(db *pgxpool.Pool, log *slog.Logger) *recorder {
-	return &recorder{db: db, log: log, in: make(chan record, maxBatch)}
+	return &recorder{db: db, log: log, in: make(chan record, maxBatch), settled: make(chan struct{}, 1)}
 }
 
 func (rc *recorder) retryPolicy() RetryPolicy {
@@ -222,7 +229,11 @@ func (rc *recorder) run(ctx context.Context) error {
 			}
 			backoff = min(backoff*2, 5*time.Second)
 		}
+		settled := false
 		for i := range batch {
+			if _, ok := rc.queued.Load(batch[i].r); ok && batch[i].v != verdictRetry {
+				settled = true
+			}
 			rc.observe(batch[i].v)
 			rc.logOutcome(batch[i].r, batch[i].o, batch[i].v)
 			rc.queued.Delete(batch[i].r)
@@ -232,6 +243,12 @@ func (rc *recorder) run(ctx context.Context) error {
 			batch[i] = record{}
 		}
 		rc.unwritten.Add(-int64(len(batch)))
+		if settled {
+			select {
+			case rc.settled <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -267,6 +284,12 @@ func (rc *recorder) write(ctx context.Context, batch []record) error {
 		}
 		v, delay := p.decide(max(r.Attempt, 1), o, retryAfter(o), rand.Float64)
 		batch[i].v = v
+		if v == verdictBehind {
+			// No attempt: nothing to count or keep in the history.
+			newQ.add(r, 0)
+			newQ.attempt[len(newQ.attempt)-1] = 0
+			continue
+		}
 		switch v {
 		case verdictSucceeded:
 			t.reset, t.failures = true, 0
@@ -302,14 +325,14 @@ func (rc *recorder) write(ctx context.Context, batch []record) error {
 	if len(newQ.sub) > 0 {
 		if _, err := tx.Exec(ctx, `INSERT INTO walhook.deliveries
 			(subscription_id, event_id, event, target_url, method, headers, body, attempt, next_attempt_at, dialect, committed_at,
-			 event_ids)
+			 event_ids, order_key, order_lsn, order_n)
 			SELECT s, e, ev, u, m, h, b, n, now() + d * interval '1 millisecond', nullif(dl, ''), c,
-				string_to_array(nullif(ids, ''), ',')
+				string_to_array(nullif(ids, ''), ','), ok, ol, onn
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::int[], $9::bigint[],
-				$10::text[], $11::timestamptz[], $12::text[])
-				AS q(s, e, ev, u, m, h, b, n, d, dl, c, ids)`,
+				$10::text[], $11::timestamptz[], $12::text[], $13::text[], $14::bigint[], $15::bigint[])
+				AS q(s, e, ev, u, m, h, b, n, d, dl, c, ids, ok, ol, onn)`,
 			newQ.sub, newQ.eventID, newQ.event, newQ.url, newQ.method, newQ.headers, newQ.body, newQ.attempt, newQ.delayMS,
-			newQ.dialect, newQ.committed, newQ.eventIDs); err != nil {
+			newQ.dialect, newQ.committed, newQ.eventIDs, newQ.orderKey, newQ.orderLSN, newQ.orderN); err != nil {
 			return fmt.Errorf("queue %d retries: %w", len(newQ.sub), err)
 		}
 	}
@@ -443,6 +466,9 @@ type queueRows struct {
 	body                             [][]byte
 	attempt                          []int32
 	delayMS                          []int64
+	// The order of a request of an ordering: key dialect; NULL otherwise.
+	orderKey         []*string
+	orderLSN, orderN []*int64
 }
 
 func (q *queueRows) add(r *Request, delay time.Duration) {
@@ -467,6 +493,12 @@ func (q *queueRows) add(r *Request, delay time.Duration) {
 	q.body = append(q.body, body)
 	q.attempt = append(q.attempt, int32(max(r.Attempt, 1)))
 	q.delayMS = append(q.delayMS, delay.Milliseconds())
+	if r.Order.Key == "" {
+		q.orderKey, q.orderLSN, q.orderN = append(q.orderKey, nil), append(q.orderLSN, nil), append(q.orderN, nil)
+		return
+	}
+	k, l, n := r.Order.Key, int64(r.Order.LSN), int64(r.Order.N)
+	q.orderKey, q.orderLSN, q.orderN = append(q.orderKey, &k), append(q.orderLSN, &l), append(q.orderN, &n)
 }
 
 // dialectOf is the request's dialect for the database: NULL when unknown.
@@ -512,13 +544,16 @@ func attemptRow(r *Request, o Outcome) []any {
 // busy subscription it cuts a batch of a thousand rows to fifty. Failure
 // counts and the queue still see the whole batch.
 func newestPerSubscription(batch []record, history int) []record {
-	if len(batch) <= history {
+	if len(batch) <= history && !slices.ContainsFunc(batch, func(r record) bool { return r.v == verdictBehind }) {
 		return batch
 	}
 	seen := map[string]int{}
 	keep := make([]bool, len(batch))
 	n := 0
 	for i := len(batch) - 1; i >= 0; i-- {
+		if batch[i].v == verdictBehind {
+			continue
+		}
 		id := batch[i].r.SubscriptionID
 		if seen[id] < history {
 			seen[id]++

@@ -83,6 +83,11 @@ type Request struct {
 	Committed time.Time
 	// Done is called once the attempt's outcome is durably recorded.
 	Done func()
+	// Order, set on a first attempt of a dialect with ordering: key, sends
+	// it after every earlier event of its subscription and row key, and
+	// holds back the later ones while it is retried. Queued deliveries
+	// carry their order in walhook.deliveries instead.
+	Order Order
 	// Batch, set on a first attempt, lets the worker send it with other
 	// events to the same subscription in one request (the dialect's batch);
 	// nil sends it alone.
@@ -104,6 +109,9 @@ type Outcome struct {
 	// RetryAfter is what the receiver's Retry-After header asked for; 0 when
 	// it sent none.
 	RetryAfter time.Duration
+	// behind: no attempt was made; the request is queued behind an earlier
+	// delivery of its row key that is being retried.
+	behind bool
 }
 
 // Succeeded reports a 2xx answer.
@@ -141,6 +149,9 @@ type Worker struct {
 
 	// batches collects the requests of batching dialects.
 	batches *batcher
+
+	// order sends the requests of each row key one after another.
+	order *orderer
 
 	// failed is closed when a delivery goroutine panicked; failure holds
 	// the panic. Run returns it, which stops the pipeline that owns the
@@ -210,6 +221,7 @@ func newWorker(cfg Config, logger *slog.Logger) *Worker {
 		failed:   make(chan struct{}),
 	}
 	w.batches = newBatcher(w)
+	w.order = newOrderer()
 	return w
 }
 
@@ -252,6 +264,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-done:
 		}
 	})
+	watch.Go(func() { w.runOrder(rctx) })
 	err := w.rec.run(rctx)
 	if cause := context.Cause(rctx); stage.IsPanic(cause) {
 		return cause
@@ -271,6 +284,9 @@ func (w *Worker) Submit(ctx context.Context, r *Request) error {
 		w.batches.add(ctx, r)
 		return nil
 	}
+	if r.Order.Key != "" && r.Attempt <= 1 {
+		return w.submitOrdered(ctx, r)
+	}
 	w.enqueue(ctx, r)
 	return nil
 }
@@ -280,7 +296,7 @@ func (w *Worker) enqueue(ctx context.Context, r *Request) {
 	_, dest, err := w.target(r.URL)
 	if err != nil {
 		// Refused before any network: no destination queue to wait in.
-		w.goSafe("deliver refused", func() { w.finish(ctx, r, Outcome{Err: err}) })
+		w.goSafe("deliver refused", func() { w.complete(ctx, r, Outcome{Err: err}) })
 		return
 	}
 	w.mu.Lock()
@@ -320,7 +336,7 @@ func (w *Worker) runHost(dest string, h *hostQueue) {
 
 		var o Outcome
 		if err := w.pace(j.ctx, j.r); err != nil {
-			w.finish(j.ctx, j.r, Outcome{Err: err})
+			w.complete(j.ctx, j.r, Outcome{Err: err})
 			continue
 		}
 		select {
@@ -332,7 +348,7 @@ func (w *Worker) runHost(dest string, h *hostQueue) {
 		case <-j.ctx.Done():
 			o = Outcome{Err: j.ctx.Err()}
 		}
-		w.finish(j.ctx, j.r, o)
+		w.complete(j.ctx, j.r, o)
 	}
 }
 
@@ -357,6 +373,16 @@ func (w *Worker) pace(ctx context.Context, r *Request) error {
 	}
 	w.mu.Unlock()
 	return lim.Wait(ctx)
+}
+
+// complete follows an attempt's outcome: an ordered request's key moves on,
+// and the outcome is recorded.
+func (w *Worker) complete(ctx context.Context, r *Request, o Outcome) {
+	if r.Order.Key != "" && r.Attempt <= 1 {
+		w.finishOrdered(ctx, r, o)
+		return
+	}
+	w.finish(ctx, r, o)
 }
 
 // finish hands the outcome on and gives back the delivery's admission.

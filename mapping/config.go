@@ -160,8 +160,18 @@ type DialectConfig struct {
 	RateLimit *float64
 	// Batch sends many events in one request; nil sends one per request.
 	Batch *BatchConfig
-	Line  int // 0 for a built-in dialect the config does not mention
+	// Ordering is OrderingKey to send one subscription's events of one row
+	// key one after another in commit order; "" (none) sends them as they
+	// come.
+	Ordering string
+	Line     int // 0 for a built-in dialect the config does not mention
 }
+
+// Dialect orderings.
+const (
+	OrderingNone = "none"
+	OrderingKey  = "key"
+)
 
 // BatchConfig is a dialect's batch: block. Zero fields take deliver's
 // defaults.
@@ -566,7 +576,7 @@ func (p *parser) dialects(dialects map[string]*DialectConfig, v *yaml.Node) {
 			dialects[name] = d
 		}
 		d.Line = k.Line
-		p.fields(v, path, []string{"body", "headers", "method", "user_agent", "rate_limit", "batch"}, func(key string, k, v *yaml.Node) {
+		p.fields(v, path, []string{"body", "headers", "method", "user_agent", "rate_limit", "batch", "ordering"}, func(key string, k, v *yaml.Node) {
 			f := path + "." + key
 			switch key {
 			case "body":
@@ -603,10 +613,22 @@ func (p *parser) dialects(dialects map[string]*DialectConfig, v *yaml.Node) {
 				}
 			case "batch":
 				d.Batch = p.batch(v, f)
+			case "ordering":
+				o, _ := p.str(v, f)
+				switch o {
+				case OrderingKey:
+					d.Ordering = o
+				case OrderingNone:
+				default:
+					p.add(v.Line, f, fmt.Sprintf("unknown ordering %q (want key or none)", o))
+				}
 			}
 		})
 		if d.Batch != nil && d.Body != BodyEnvelope {
 			p.add(d.Batch.Line, path+".batch", "only envelope bodies can be batched (the dialect sends row bodies)")
+		}
+		if d.Batch != nil && d.Ordering == OrderingKey {
+			p.add(d.Batch.Line, path+".batch", "a dialect cannot both batch and order by key (a batch is ordered within itself; drop batch: or ordering:)")
 		}
 	})
 }

@@ -265,6 +265,10 @@ func TestLoadBadFiles(t *testing.T) {
 			`17: dialects.zapier.batch: only envelope bodies can be batched (the dialect sends row bodies)`,
 			`19: dialects.scalar.batch: want a mapping such as {max_events: 100, max_wait: 200ms}, got "yes"`,
 		}},
+		{"bad-ordering.yaml", []string{
+			`8: dialects.ordered.ordering: unknown ordering "keys" (want key or none)`,
+			`11: dialects.both.batch: a dialect cannot both batch and order by key (a batch is ordered within itself; drop batch: or ordering:)`,
+		}},
 		{"bad-derived.yaml", []string{
 			`6: tables[0].events[0].name: invalid event name "paid" (want noun.verb in lower-case letters, digits and _, e.g. order.paid)`,
 			`10: tables[0].events[1].on: unknown operation "upsert" (want insert, update or delete)`,
