@@ -161,10 +161,12 @@ type chunk struct {
 	rows     []change.Row // set under backfiller.mu before the high watermark
 	snap     *snapshot    // the snapshot rows were read in; same
 	changed  map[string]bool
-	sent     atomic.Int64 // deliveries submitted
-	routed   int          // rows routed (not dropped)
-	work     chunkWork
-	finished chan struct{} // closed when the consumer routed it
+	// truncated: the table was truncated between the watermarks.
+	truncated bool
+	sent      atomic.Int64 // deliveries submitted
+	routed    int          // rows routed (not dropped)
+	work      chunkWork
+	finished  chan struct{} // closed when the consumer routed it
 }
 
 // chunkWork counts a chunk's deliveries not yet sent or durably queued.
@@ -258,6 +260,15 @@ func (b *backfiller) saw(c *consumer, ch *change.Change) {
 	if w != nil && w.table != t {
 		w = nil
 	}
+	if ch.Op == change.Truncate {
+		// Every row the chunk read is gone: send none of them. (A chunk is
+		// read under a lock that makes a TRUNCATE wait for it, so one that
+		// committed before the low watermark is seen by the chunk's read.)
+		if w != nil {
+			w.truncated = true
+		}
+		return
+	}
 	cols := make([]int, len(a.key))
 	for i, k := range a.key {
 		cols[i] = ch.Relation.ColumnIndex(k)
@@ -290,6 +301,10 @@ func (b *backfiller) route(ctx context.Context, c *consumer, w *chunk, rows []ch
 	counted := &countingWork{w: &w.work, n: &w.sent}
 	w.work.Add(1)
 	defer w.work.Done()
+	read := len(rows)
+	if w.truncated {
+		rows = nil
+	}
 	for i, row := range rows {
 		k, _ := keyOf(row, w.keyCols)
 		if w.changed[k] {
@@ -302,7 +317,7 @@ func (b *backfiller) route(ctx context.Context, c *consumer, w *chunk, rows []ch
 		}
 		w.routed++
 	}
-	if left := len(rows) - w.routed; left > 0 {
+	if left := read - w.routed; left > 0 {
 		// Not sent: the stream carries these rows' newer state (or delete).
 		b.log.Debug("rows of a chunk changed while it was read: left to their live events",
 			"backfill_id", w.backfill, "table", w.table.Name, "rows", left)
