@@ -16,6 +16,7 @@ import (
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/metrics"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -52,11 +53,12 @@ const backfillPoll = 2 * time.Second
 // backfiller runs backfills. run is the reader's goroutine; low, saw and
 // high are the consumer's, called in stream order.
 type backfiller struct {
-	db     *pgxpool.Pool
-	mapper *mapping.Mapper
-	log    *slog.Logger
-	chunk  int
-	wake   chan struct{}
+	db      *pgxpool.Pool
+	mapper  *mapping.Mapper
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	chunk   int
+	wake    chan struct{}
 
 	mu      sync.Mutex
 	pending *chunk // the chunk between its watermarks, as the reader left it
@@ -182,11 +184,11 @@ func (w *chunkWork) Done() {
 	}
 }
 
-func newBackfiller(db *pgxpool.Pool, mapper *mapping.Mapper, log *slog.Logger, chunk int) *backfiller {
+func newBackfiller(db *pgxpool.Pool, mapper *mapping.Mapper, log *slog.Logger, m *metrics.Metrics, chunk int) *backfiller {
 	if chunk <= 0 {
 		chunk = DefaultBackfillChunk
 	}
-	return &backfiller{db: db, mapper: mapper, log: log.With("component", "backfill"), chunk: chunk, wake: make(chan struct{}, 1)}
+	return &backfiller{db: db, mapper: mapper, log: log.With("component", "backfill"), metrics: m, chunk: chunk, wake: make(chan struct{}, 1)}
 }
 
 // keyOf returns the text of row's key columns, joined by NUL; ok is false
@@ -358,6 +360,7 @@ func (b *backfiller) run(ctx context.Context) error {
 					return err
 				}
 				b.log.Warn("backfill failed", "backfill_id", j.id, "table", j.table, "err", err)
+				b.metrics.BackfillFinished.WithLabelValues(metrics.BackfillFailed).Inc()
 				if _, err := b.db.Exec(ctx, `UPDATE walhook.backfills SET status = 'failed', error = $3, finished_at = now()
 					WHERE id = $1 AND table_name = $2 AND status IN ('pending', 'running')`, j.id, j.table, err.Error()); err != nil {
 					return fmt.Errorf("mark backfill %d failed: %w", j.id, err)
@@ -408,6 +411,8 @@ func (b *backfiller) runJob(ctx context.Context, j job) error {
 		return fmt.Errorf("start backfill %d: %w", j.id, err)
 	}
 	b.log.Info("backfill running", "backfill_id", j.id, "table", j.table, "subscription_id", j.sub)
+	b.metrics.BackfillRunning.Set(1)
+	defer b.metrics.BackfillRunning.Set(0)
 	a := &activeTable{table: t}
 	for _, c := range keyCols {
 		a.key = append(a.key, rel.Columns[c].Name)
@@ -489,10 +494,13 @@ func (b *backfiller) runJob(ctx context.Context, j job) error {
 		}
 		if tag.RowsAffected() == 0 {
 			b.log.Info("backfill cancelled", "backfill_id", j.id, "table", j.table)
+			b.metrics.BackfillFinished.WithLabelValues(metrics.BackfillCancelled).Inc()
 			return nil
 		}
+		b.metrics.BackfillRows.WithLabelValues(j.table).Add(float64(c.sent.Load()))
 		if done {
 			b.log.Info("backfill done", "backfill_id", j.id, "table", j.table)
+			b.metrics.BackfillFinished.WithLabelValues(metrics.BackfillDone).Inc()
 			return nil
 		}
 	}
