@@ -16,6 +16,7 @@ import (
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/change"
+	"github.com/walhook/walhook/internal/metrics"
 	"github.com/walhook/walhook/mapping"
 )
 
@@ -52,11 +53,12 @@ const backfillPoll = 2 * time.Second
 // backfiller runs backfills. run is the reader's goroutine; low, saw and
 // high are the consumer's, called in stream order.
 type backfiller struct {
-	db     *pgxpool.Pool
-	mapper *mapping.Mapper
-	log    *slog.Logger
-	chunk  int
-	wake   chan struct{}
+	db      *pgxpool.Pool
+	mapper  *mapping.Mapper
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	chunk   int
+	wake    chan struct{}
 
 	mu      sync.Mutex
 	pending *chunk // the chunk between its watermarks, as the reader left it
@@ -161,10 +163,12 @@ type chunk struct {
 	rows     []change.Row // set under backfiller.mu before the high watermark
 	snap     *snapshot    // the snapshot rows were read in; same
 	changed  map[string]bool
-	sent     atomic.Int64 // deliveries submitted
-	routed   int          // rows routed (not dropped)
-	work     chunkWork
-	finished chan struct{} // closed when the consumer routed it
+	// truncated: the table was truncated between the watermarks.
+	truncated bool
+	sent      atomic.Int64 // deliveries submitted
+	routed    int          // rows routed (not dropped)
+	work      chunkWork
+	finished  chan struct{} // closed when the consumer routed it
 }
 
 // chunkWork counts a chunk's deliveries not yet sent or durably queued.
@@ -180,11 +184,11 @@ func (w *chunkWork) Done() {
 	}
 }
 
-func newBackfiller(db *pgxpool.Pool, mapper *mapping.Mapper, log *slog.Logger, chunk int) *backfiller {
+func newBackfiller(db *pgxpool.Pool, mapper *mapping.Mapper, log *slog.Logger, m *metrics.Metrics, chunk int) *backfiller {
 	if chunk <= 0 {
 		chunk = DefaultBackfillChunk
 	}
-	return &backfiller{db: db, mapper: mapper, log: log.With("component", "backfill"), chunk: chunk, wake: make(chan struct{}, 1)}
+	return &backfiller{db: db, mapper: mapper, log: log.With("component", "backfill"), metrics: m, chunk: chunk, wake: make(chan struct{}, 1)}
 }
 
 // keyOf returns the text of row's key columns, joined by NUL; ok is false
@@ -258,6 +262,15 @@ func (b *backfiller) saw(c *consumer, ch *change.Change) {
 	if w != nil && w.table != t {
 		w = nil
 	}
+	if ch.Op == change.Truncate {
+		// Every row the chunk read is gone: send none of them. (A chunk is
+		// read under a lock that makes a TRUNCATE wait for it, so one that
+		// committed before the low watermark is seen by the chunk's read.)
+		if w != nil {
+			w.truncated = true
+		}
+		return
+	}
 	cols := make([]int, len(a.key))
 	for i, k := range a.key {
 		cols[i] = ch.Relation.ColumnIndex(k)
@@ -290,6 +303,10 @@ func (b *backfiller) route(ctx context.Context, c *consumer, w *chunk, rows []ch
 	counted := &countingWork{w: &w.work, n: &w.sent}
 	w.work.Add(1)
 	defer w.work.Done()
+	read := len(rows)
+	if w.truncated {
+		rows = nil
+	}
 	for i, row := range rows {
 		k, _ := keyOf(row, w.keyCols)
 		if w.changed[k] {
@@ -302,7 +319,7 @@ func (b *backfiller) route(ctx context.Context, c *consumer, w *chunk, rows []ch
 		}
 		w.routed++
 	}
-	if left := len(rows) - w.routed; left > 0 {
+	if left := read - w.routed; left > 0 {
 		// Not sent: the stream carries these rows' newer state (or delete).
 		b.log.Debug("rows of a chunk changed while it was read: left to their live events",
 			"backfill_id", w.backfill, "table", w.table.Name, "rows", left)
@@ -343,6 +360,7 @@ func (b *backfiller) run(ctx context.Context) error {
 					return err
 				}
 				b.log.Warn("backfill failed", "backfill_id", j.id, "table", j.table, "err", err)
+				b.metrics.BackfillFinished.WithLabelValues(metrics.BackfillFailed).Inc()
 				if _, err := b.db.Exec(ctx, `UPDATE walhook.backfills SET status = 'failed', error = $3, finished_at = now()
 					WHERE id = $1 AND table_name = $2 AND status IN ('pending', 'running')`, j.id, j.table, err.Error()); err != nil {
 					return fmt.Errorf("mark backfill %d failed: %w", j.id, err)
@@ -393,6 +411,8 @@ func (b *backfiller) runJob(ctx context.Context, j job) error {
 		return fmt.Errorf("start backfill %d: %w", j.id, err)
 	}
 	b.log.Info("backfill running", "backfill_id", j.id, "table", j.table, "subscription_id", j.sub)
+	b.metrics.BackfillRunning.Set(1)
+	defer b.metrics.BackfillRunning.Set(0)
 	a := &activeTable{table: t}
 	for _, c := range keyCols {
 		a.key = append(a.key, rel.Columns[c].Name)
@@ -474,10 +494,13 @@ func (b *backfiller) runJob(ctx context.Context, j job) error {
 		}
 		if tag.RowsAffected() == 0 {
 			b.log.Info("backfill cancelled", "backfill_id", j.id, "table", j.table)
+			b.metrics.BackfillFinished.WithLabelValues(metrics.BackfillCancelled).Inc()
 			return nil
 		}
+		b.metrics.BackfillRows.WithLabelValues(j.table).Add(float64(c.sent.Load()))
 		if done {
 			b.log.Info("backfill done", "backfill_id", j.id, "table", j.table)
+			b.metrics.BackfillFinished.WithLabelValues(metrics.BackfillDone).Inc()
 			return nil
 		}
 	}

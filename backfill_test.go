@@ -434,3 +434,33 @@ func TestBackfillChunkWindow(t *testing.T) {
 		t.Fatalf("%d rows deleted, want %d", deleted, n)
 	}
 }
+
+// TestBackfillMetrics: /metrics counts a backfill's rows per table and its
+// tables by how they finished, and says when none is being read.
+func TestBackfillMetrics(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, i FROM generate_series(1, 2500) i`)
+	sub := e.Subscribe("order.*", "/all")
+	svc := e.newService()
+	base := serveHTTP(t, svc.Handler())
+	e.run(svc)
+	id := e.backfill(sub)
+	e.waitBackfill(id, "done", 60*time.Second)
+	want := map[string]float64{
+		`walhook_backfill_rows_sent_total{table="public.orders"}`: 2500,
+		`walhook_backfill_tables_finished_total{status="done"}`:   1,
+		`walhook_backfill_tables_finished_total{status="failed"}`: 0,
+		`walhook_backfill_running`:                                0,
+	}
+	var got map[string]float64
+	e2e.WaitFor(t, 10*time.Second, "the metrics to count the backfill", func() bool {
+		got = e2e.Scrape(t, base+"/metrics")
+		for k, v := range want {
+			if got[k] != v {
+				return false
+			}
+		}
+		return true
+	})
+}

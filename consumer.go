@@ -217,6 +217,9 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		}
 	case cdc.KindChange:
 		rel := m.Change.Relation
+		if m.Change.Op == change.Truncate {
+			return c.truncate(ctx, m)
+		}
 		if rel.Schema == "walhook" && rel.Name == "owner_state" {
 			if c.state == nil {
 				return nil
@@ -269,6 +272,29 @@ func (c *consumer) handle(ctx context.Context, m cdc.Message) error {
 		}
 	}
 	return nil
+}
+
+// truncate takes a TRUNCATE of one table, streamed because some table maps
+// truncate: the router sends the table's truncate event if it has one, and
+// ignores the others (a table without the verb, as when truncates are not
+// published). walhook's own tables are never truncated by walhook; a
+// TRUNCATE of them by hand is logged, not applied.
+func (c *consumer) truncate(ctx context.Context, m cdc.Message) error {
+	rel := m.Change.Relation
+	if rel.Schema == "walhook" {
+		c.log.Warn("a walhook table was truncated; ignored (restart walhook to load walhook.subscriptions again)",
+			"table", rel.QualifiedName(), "lsn", m.Txn.CommitLSN.String())
+		return nil
+	}
+	if c.watched[rel.QualifiedName()] {
+		// Owners' attributes may have gone with the rows. remove_on_delete
+		// acts on deletes only: a TRUNCATE removes no subscriptions.
+		c.owners.Invalidate()
+	}
+	if c.backfill != nil {
+		c.backfill.saw(c, m.Change)
+	}
+	return c.moves.routeChange(ctx, m.Txn, m.Change, c.txSites)
 }
 
 func (c *consumer) applySubscription(ch *change.Change) {

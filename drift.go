@@ -37,9 +37,9 @@ func (s *Service) publicationTables() []string {
 // what differs, one line each, and whether walhook.subscriptions was
 // missing. A missing publication is an error: the slot cannot go on.
 func (s *Service) drift(ctx context.Context, conn *pgx.Conn) (lines []string, subsMissing bool, err error) {
-	var ins, upd, del, viaRoot bool
-	err = conn.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubviaroot FROM pg_publication WHERE pubname = $1`, s.cfg.Publication).
-		Scan(&ins, &upd, &del, &viaRoot)
+	var ins, upd, del, trunc, viaRoot bool
+	err = conn.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot FROM pg_publication WHERE pubname = $1`, s.cfg.Publication).
+		Scan(&ins, &upd, &del, &trunc, &viaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, false, publicationDropped(s.cfg.Publication, s.cfg.Slot, nil)
 	}
@@ -49,8 +49,11 @@ func (s *Service) drift(ctx context.Context, conn *pgx.Conn) (lines []string, su
 	for _, op := range []struct {
 		name string
 		on   bool
-	}{{"insert", ins}, {"update", upd}, {"delete", del}} {
-		if !op.on {
+		want bool
+	}{{"insert", ins, true}, {"update", upd, true}, {"delete", del, true}, {"truncate", trunc, s.mapper.Truncates()}} {
+		// Truncates published without a table that maps them are ignored:
+		// no drift.
+		if op.want && !op.on {
 			lines = append(lines, fmt.Sprintf("publication %s does not publish %ss", s.cfg.Publication, op.name))
 		}
 	}
@@ -147,7 +150,7 @@ func (s *Service) checkDrift(ctx context.Context, db *pgxpool.Pool) error {
 		if lines, subsMissing, err = s.drift(ctx, conn); err != nil || len(lines) == 0 {
 			return err
 		}
-		_, err = cdc.EnsurePublication(ctx, conn, s.cfg.Publication, s.publicationTables())
+		_, err = cdc.EnsurePublication(ctx, conn, s.cfg.Publication, s.publicationTables(), s.mapper.Truncates())
 		return err
 	})
 	switch {

@@ -195,7 +195,7 @@ func install(ctx context.Context, tx pgx.Tx, c InstallOptions, cfg *mapping.Conf
 		return nil, err
 	}
 	changes = append(changes, tc...)
-	pc, err := cdc.EnsurePublication(ctx, tx, c.Publication, publicationTables(cfg, mapper))
+	pc, err := cdc.EnsurePublication(ctx, tx, c.Publication, publicationTables(cfg, mapper), mapper.Truncates())
 	if err != nil {
 		return nil, err
 	}

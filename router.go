@@ -21,7 +21,8 @@ import (
 //	derive   the change's events: the table's verb for the operation and
 //	         every derived event whose `when` holds, with the payload
 //	match    per event, the active subscriptions at the row's site, the
-//	         transaction's active sites and their ancestors
+//	         transaction's active sites and their ancestors (at every site
+//	         for a truncate)
 //	judge    per event with matches, which owners may see the row (and the
 //	         old row) by the table's acl rule, owners loaded once per change
 //	fanOut   per allowed subscription, one request, shared by subscriptions
@@ -208,6 +209,11 @@ func (r *router) routeEvents(ctx context.Context, txn work, t *mapping.Table, ch
 	for _, s := range txSites {
 		r.sites = subs.AppendAncestors(r.sites, s)
 	}
+	if ch.Op == change.Truncate {
+		// The table is emptied at every site: subscriptions at any site
+		// match, and the acl rule (with an empty row) decides.
+		r.sites = r.idx.AppendSites(r.sites[:0])
+	}
 	var failedWhen []failedEvent
 	var payloadErr error
 	r.events, failedWhen, payloadErr = r.derive(r.events[:0], t, ch, in)
@@ -338,7 +344,8 @@ func (r *router) derive(dst []mapping.Event, t *mapping.Table, ch *change.Change
 		}
 	}
 	r.metrics.EventsProduced.Add(float64(len(dst)))
-	if len(dst) > 0 && t.HasPayload() {
+	if len(dst) > 0 && t.HasPayload() && ch.Op != change.Truncate {
+		// A truncate has no row to build a payload from: its data is {}.
 		if err := r.payload(dst, t, in.get()); err != nil {
 			return dst, failed, err
 		}

@@ -541,7 +541,7 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 	}
 	con.skipSubsBefore = rebuiltAt
 	con.startedAt = startedAt
-	con.backfill = newBackfiller(db, s.mapper, log, s.cfg.BackfillChunk)
+	con.backfill = newBackfiller(db, s.mapper, log, s.metrics, s.cfg.BackfillChunk)
 	con.backfill.chunkRead = s.hooks.chunkRead
 	msgs := make(chan cdc.Message, cdc.DefaultBuffer)
 

@@ -28,8 +28,8 @@ var (
 	ErrUnknownTable = errors.New("no acl rule for table")
 	// ErrWrongTable means an Input's Table is not the rule's table.
 	ErrWrongTable = expr.ErrWrongTable
-	// ErrBadOp means an Input is nil or its Op is not insert, update or
-	// delete.
+	// ErrBadOp means an Input is nil or its Op is not insert, update,
+	// delete or truncate.
 	ErrBadOp = expr.ErrBadOp
 	// ErrNotBool means a rule declared as dyn gave something other than a
 	// bool for this input, e.g. `row.flag` on a text column.

@@ -30,11 +30,22 @@ func quoteQualified(name string) string {
 	return pgx.Identifier{s, t}.Sanitize()
 }
 
-// publishOptions are the publication's settings: row changes only, and a
-// partition's changes under the partitioned table that was published (so a
-// mapped partitioned table produces changes under its own name, and
-// pg_publication_tables lists it rather than its partitions).
-const publishOptions = "publish = 'insert, update, delete', publish_via_partition_root = true"
+// publishOptions are the publication's settings: row changes, truncates
+// when a table maps them, and a partition's changes under the partitioned
+// table that was published (so a mapped partitioned table produces changes
+// under its own name, and pg_publication_tables lists it rather than its
+// partitions).
+func publishOptions(truncate bool) string {
+	return fmt.Sprintf("publish = '%s', publish_via_partition_root = true", publishedOps(truncate))
+}
+
+// publishedOps lists the operations the publication publishes.
+func publishedOps(truncate bool) string {
+	if truncate {
+		return "insert, update, delete, truncate"
+	}
+	return "insert, update, delete"
+}
 
 // Querier is a *pgx.Conn or a pgx.Tx.
 type Querier interface {
@@ -44,10 +55,11 @@ type Querier interface {
 }
 
 // EnsurePublication creates the publication for tables or brings its table list
-// in line, publishing inserts, updates and deletes only, partitions via their
-// root. It returns what it changed; nothing when the publication is already
-// right. conn may be a transaction: publications are transactional.
-func EnsurePublication(ctx context.Context, conn Querier, name string, tables []string) ([]string, error) {
+// in line, publishing inserts, updates and deletes, truncates only when
+// truncate is set (a table maps them), partitions via their root. It returns
+// what it changed; nothing when the publication is already right. conn may
+// be a transaction: publications are transactional.
+func EnsurePublication(ctx context.Context, conn Querier, name string, tables []string, truncate bool) ([]string, error) {
 	want := slices.Clone(tables)
 	slices.Sort(want)
 	want = slices.Compact(want)
@@ -57,11 +69,11 @@ func EnsurePublication(ctx context.Context, conn Querier, name string, tables []
 	}
 	pub := pgx.Identifier{name}.Sanitize()
 
-	var pubdelete, pubtruncate, pubviaroot bool
-	err := conn.QueryRow(ctx, `SELECT pubdelete, pubtruncate, pubviaroot FROM pg_publication WHERE pubname = $1`, name).
-		Scan(&pubdelete, &pubtruncate, &pubviaroot)
+	var pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot bool
+	err := conn.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot FROM pg_publication WHERE pubname = $1`, name).
+		Scan(&pubinsert, &pubupdate, &pubdelete, &pubtruncate, &pubviaroot)
 	if errors.Is(err, pgx.ErrNoRows) {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s)", pub, strings.Join(list, ", "), publishOptions)
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s)", pub, strings.Join(list, ", "), publishOptions(truncate))
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return nil, fmt.Errorf("create publication %q: %w", name, err)
 		}
@@ -71,13 +83,13 @@ func EnsurePublication(ctx context.Context, conn Querier, name string, tables []
 		return nil, fmt.Errorf("read publication %q: %w", name, err)
 	}
 	var changes []string
-	if !pubdelete || pubtruncate || !pubviaroot {
+	if !pubinsert || !pubupdate || !pubdelete || pubtruncate != truncate || !pubviaroot {
 		// Before reading its tables: with publish_via_partition_root,
 		// pg_publication_tables lists a partitioned table, not its partitions.
-		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET (%s)", pub, publishOptions)); err != nil {
+		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET (%s)", pub, publishOptions(truncate))); err != nil {
 			return nil, fmt.Errorf("alter publication %q: %w", name, err)
 		}
-		changes = append(changes, "publication "+name+" publishes insert, update, delete, partitions via their partitioned table")
+		changes = append(changes, "publication "+name+" publishes "+publishedOps(truncate)+", partitions via their partitioned table")
 	}
 	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, name)
 	if err != nil {

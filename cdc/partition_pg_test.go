@@ -25,7 +25,7 @@ func TestStreamCrossPartitionUpdate(t *testing.T) {
 	for _, p := range []string{"eu", "us", "asia"} {
 		db.exec(t, `CREATE TABLE public.parts_`+p+` PARTITION OF public.parts FOR VALUES IN ('`+p+`')`)
 	}
-	changes, err := EnsurePublication(context.Background(), db.conn, db.pub, []string{"public.items", "public.parts"})
+	changes, err := EnsurePublication(context.Background(), db.conn, db.pub, []string{"public.items", "public.parts"}, false)
 	if err != nil {
 		t.Fatalf("EnsurePublication() = %v", err)
 	}
@@ -93,14 +93,14 @@ func TestEnsurePublicationViaRoot(t *testing.T) {
 	if got := tables(); !slices.Equal(got, []string{"public.parts_eu"}) {
 		t.Fatalf("tables before = %q, want the partition only", got)
 	}
-	changes, err := EnsurePublication(ctx, db.conn, "old_pub", []string{"public.parts"})
+	changes, err := EnsurePublication(ctx, db.conn, "old_pub", []string{"public.parts"}, false)
 	if err != nil || !slices.Equal(changes, []string{"publication old_pub publishes insert, update, delete, partitions via their partitioned table"}) {
 		t.Fatalf("EnsurePublication() = %q, %v; want the option set and nothing else", changes, err)
 	}
 	if got := tables(); !slices.Equal(got, []string{"public.parts"}) {
 		t.Fatalf("tables after = %q, want the partitioned table", got)
 	}
-	if changes, err := EnsurePublication(ctx, db.conn, "old_pub", []string{"public.parts"}); err != nil || len(changes) != 0 {
+	if changes, err := EnsurePublication(ctx, db.conn, "old_pub", []string{"public.parts"}, false); err != nil || len(changes) != 0 {
 		t.Fatalf("EnsurePublication() again = %q, %v; want no changes", changes, err)
 	}
 }

@@ -450,10 +450,29 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 		if m.Prefix == BackfillPrefix && m.Transactional && r.cur != nil {
 			return r.emit(ctx, Message{Kind: KindBackfill, Txn: r.cur, Site: string(m.Content)})
 		}
-	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage, *pglogrepl.TruncateMessage:
+	case *pglogrepl.TruncateMessage:
+		// Published only when a table maps truncate (EnsurePublication):
+		// one change per table the TRUNCATE emptied, CASCADE included, each
+		// with its own Seq. The consumer ignores those of other tables.
+		if r.cur == nil {
+			return fmt.Errorf("truncate outside a transaction")
+		}
+		for _, id := range m.RelationIDs {
+			rel := r.rels[id]
+			if rel == nil {
+				return fmt.Errorf("decode truncate at %s: unknown relation %d (no RELATION message seen)", r.cur.CommitLSN, id)
+			}
+			ch := &change.Change{Relation: rel, Op: change.Truncate, Tx: &r.cur.Tx, Seq: r.seq}
+			r.seq++
+			r.s.cfg.Observer.Decoded(1)
+			if err := r.emit(ctx, Message{Kind: KindChange, Txn: r.cur, Change: ch}); err != nil {
+				return err
+			}
+		}
+	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage:
 		// Types: a TYPE message names a type but not what it is made of, so
 		// the RELATION that follows looks its columns' types up in the
-		// catalog instead (types.go). Truncate is not published.
+		// catalog instead (types.go).
 	}
 	return nil
 }

@@ -56,7 +56,7 @@ func newSlotDB(tb testing.TB) *slotDB {
 			tb.Fatalf("%s: %v", sql, err)
 		}
 	}
-	if _, err := EnsurePublication(ctx, conn, name, []string{"public.items"}); err != nil {
+	if _, err := EnsurePublication(ctx, conn, name, []string{"public.items"}, false); err != nil {
 		tb.Fatalf("EnsurePublication() = %v", err)
 	}
 	created, start, err := EnsureSlot(ctx, conn, name)

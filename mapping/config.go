@@ -34,6 +34,12 @@ const (
 // <noun>.existing by default, whatever else `verbs:` says.
 const VerbExisting = "existing"
 
+// VerbTruncate is the operation of a TRUNCATE. Off by default: a table
+// produces <noun>.<verb> for a TRUNCATE only when `verbs:` names it
+// (`truncate: truncated`), one event per table emptied and per matching
+// subscription, without a row.
+const VerbTruncate = "truncate"
+
 // DefaultVerbs returns the verbs used when a table sets no `verbs:`.
 func DefaultVerbs() map[string]string {
 	return map[string]string{"insert": "created", "update": "updated", "delete": "deleted"}
@@ -93,8 +99,10 @@ type TableConfig struct {
 	Noun  string   // event prefix: noun.verb
 	Key   []string // columns identifying a row; empty means the primary key
 	Site  string   // optional column holding the row's site path
-	// Verbs maps an operation (insert, update, delete) to its verb. An
-	// operation that is absent or maps to "" produces no standard event. Parse
+	// Verbs maps an operation (insert, update, delete, and the optional
+	// VerbTruncate and VerbExisting) to its verb. An operation that is
+	// absent or maps to "" produces no standard event (existing: always
+	// <noun>.existing unless renamed; truncate: none unless named). Parse
 	// sets DefaultVerbs when the config has no `verbs:`; a `verbs:` block
 	// replaces the default map entirely, so `verbs: {insert: created}` means
 	// inserts only. New treats a nil map as DefaultVerbs.

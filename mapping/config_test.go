@@ -224,7 +224,7 @@ func TestLoadBadFiles(t *testing.T) {
 			`6: deliveries: unknown key "deliveries" (allowed: owners, tables, delivery, dialects, subscriptions)`,
 		}},
 		{"bad-verbs.yaml", []string{
-			`7: tables[0].verbs.upsert: unknown operation "upsert" (want insert, update or delete)`,
+			`7: tables[0].verbs.upsert: unknown operation "upsert" (want insert, update, delete, truncate or existing)`,
 			`8: tables[0].verbs.update: verb "Updated" makes event "order.Updated", which is not of the form noun.verb (lower-case letters, digits and _)`,
 		}},
 		{"bad-duplicates.yaml", []string{
@@ -505,7 +505,7 @@ func TestErrorsInspect(t *testing.T) {
 	if !errors.As(err, &errs) {
 		t.Fatalf("Parse() error %T, want Errors", err)
 	}
-	want := Errors{{File: "walhook.yaml", Line: 5, Field: "tables[0].verbs.upsert", Problem: `unknown operation "upsert" (want insert, update or delete)`}}
+	want := Errors{{File: "walhook.yaml", Line: 5, Field: "tables[0].verbs.upsert", Problem: `unknown operation "upsert" (want insert, update, delete, truncate or existing)`}}
 	if !reflect.DeepEqual(errs, want) {
 		t.Fatalf("Parse() error = %#v, want %#v", errs, want)
 	}

@@ -47,9 +47,9 @@ type Table struct {
 	Existing string
 
 	// events is the standard event name by change.Op; "" for none.
-	events [change.Delete + 1]string
+	events [change.Truncate + 1]string
 	// derivedOn is Derived by change.Op, ready for the CEL hook in Map.
-	derivedOn [change.Delete + 1][]*DerivedEvent
+	derivedOn [change.Truncate + 1][]*DerivedEvent
 
 	include map[string]bool // nil: every column not excluded
 	exclude map[string]bool
@@ -64,7 +64,7 @@ type Table struct {
 type EventInfo struct {
 	Name    string
 	Table   string // schema.table
-	Op      string // insert, update or delete; "" for none
+	Op      string // insert, update, delete, truncate or existing; "" for none
 	Derived bool
 }
 
@@ -104,7 +104,8 @@ func New(cfg *Config) (*Mapper, error) {
 		if verbs == nil {
 			verbs = DefaultVerbs()
 		}
-		for op := change.Insert; op <= change.Delete; op++ {
+		// Truncate only when `verbs:` names it: DefaultVerbs does not.
+		for op := change.Insert; op <= change.Truncate; op++ {
 			if v := verbs[op.String()]; v != "" {
 				t.events[op] = tc.Noun + "." + v
 				m.events = append(m.events, EventInfo{Name: t.events[op], Table: t.Name, Op: op.String()})
@@ -274,12 +275,23 @@ func (m *Mapper) Tables() []string { return slices.Clone(m.names) }
 // Events returns every event the config can produce, sorted by name.
 func (m *Mapper) Events() []EventInfo { return slices.Clone(m.events) }
 
+// Truncates reports whether any table maps TRUNCATE to an event: only then
+// does the publication publish truncates.
+func (m *Mapper) Truncates() bool {
+	for _, t := range m.tables {
+		if t.events[change.Truncate] != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // Table returns the mapping of the named table, or nil if it is not mapped.
 func (m *Mapper) Table(qualified string) *Table { return m.tables[qualified] }
 
 // Map appends the events of ch to dst: the standard event when the table maps
-// the change's operation to a verb. Changes to unmapped tables produce
-// nothing. ch.Tx must be set: it supplies the commit LSN for the event id.
+// the change's operation to a verb (a truncate's only when `verbs:` names
+// truncate). Changes to unmapped tables produce nothing. ch.Tx must be set: it supplies the commit LSN for the event id.
 func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
 	rel := ch.Relation
 	if rel == nil {
@@ -292,7 +304,7 @@ func (m *Mapper) Map(dst []Event, ch *change.Change) []Event {
 // relation's name says now (a mapped table renamed since the config was
 // written).
 func (m *Mapper) MapTable(dst []Event, t *Table, ch *change.Change) []Event {
-	if t == nil || ch.Op > change.Delete {
+	if t == nil || ch.Op > change.Truncate {
 		return dst
 	}
 	if name := t.events[ch.Op]; name != "" {
@@ -373,9 +385,10 @@ func BackfillEventID(backfill int64, table, key, name string) string {
 // Site returns the row's site path from the table's site column: the new row,
 // or the old row for deletes (and for updates whose new value is an
 // unchanged TOAST value). NULL, empty, absent or unconfigured gives "/".
-// The path is cleaned with CleanSite.
+// The path is cleaned with CleanSite. A truncate, which empties the table
+// at every site, is at "/".
 func (t *Table) Site(ch *change.Change) string {
-	if t.Config == nil || t.Config.Site == "" || ch.Relation == nil {
+	if t.Config == nil || t.Config.Site == "" || ch.Relation == nil || ch.Op == change.Truncate {
 		return "/"
 	}
 	f := t.filterFor(ch.Relation)

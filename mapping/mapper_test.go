@@ -176,7 +176,7 @@ func TestNewChecksTables(t *testing.T) {
 				{Table: "orders", Noun: "order", ACL: "true", Verbs: map[string]string{"upsert": "saved"}},
 			}},
 			want: `code: tables[0].table: "orders" is not schema-qualified (want schema.table, e.g. public.orders)` + "\n" +
-				`code: tables[0].verbs.upsert: unknown operation "upsert" (want insert, update or delete)`,
+				`code: tables[0].verbs.upsert: unknown operation "upsert" (want insert, update, delete, truncate or existing)`,
 		},
 	}
 	for _, tc := range tests {
@@ -544,5 +544,86 @@ func TestExistingEventClash(t *testing.T) {
 `))
 	if err == nil || !strings.Contains(err.Error(), "order.existing") {
 		t.Fatalf("Parse() error = %v, want order.existing named twice", err)
+	}
+}
+
+// TestTruncateVerb: truncate is off by default and produces <noun>.<verb>
+// once `verbs:` names it; a truncate change of such a table maps to one
+// event with an id from the commit, position and name, at site "/".
+func TestTruncateVerb(t *testing.T) {
+	trunc := &change.Change{Relation: ordersRel(), Op: change.Truncate, Tx: testTx, Seq: 3}
+	tests := []struct {
+		name, verbs string
+		want        string // the truncate event; "" for none
+	}{
+		{name: "default verbs", verbs: "", want: ""},
+		{name: "verbs without truncate", verbs: "    verbs: {insert: created, delete: deleted}\n", want: ""},
+		{name: "truncate named", verbs: "    verbs: {insert: created, truncate: truncated}\n", want: "order.truncated"},
+		{name: "truncate only", verbs: "    verbs: {truncate: emptied}\n", want: "order.emptied"},
+		{name: "truncate mapped to nothing", verbs: "    verbs: {insert: created, truncate: \"\"}\n", want: ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := mustMapper(t, "tables:\n  - table: public.orders\n    noun: order\n    site: tenant_path\n    acl: \"true\"\n"+tc.verbs)
+			if got := m.Truncates(); got != (tc.want != "") {
+				t.Fatalf("Truncates() = %v, want %v", got, tc.want != "")
+			}
+			got := m.Map(nil, trunc)
+			if tc.want == "" {
+				if len(got) != 0 {
+					t.Fatalf("Map(truncate) = %v, want no event", got)
+				}
+				return
+			}
+			if len(got) != 1 || got[0].Name != tc.want {
+				t.Fatalf("Map(truncate) = %v, want one %s", got, tc.want)
+			}
+			if want := EventID(testTx.Source, testTx.CommitLSN, 3, tc.want); got[0].ID != want {
+				t.Fatalf("event id = %s, want %s", got[0].ID, want)
+			}
+			if !slices.ContainsFunc(m.Events(), func(e EventInfo) bool { return e.Name == tc.want && e.Op == VerbTruncate }) {
+				t.Fatalf("Events() = %v, want %s offered", m.Events(), tc.want)
+			}
+			tb := m.Table("public.orders")
+			if site := tb.Site(trunc); site != "/" {
+				t.Fatalf("Site(truncate) = %q, want /", site)
+			}
+			if data := string(tb.AppendData(nil, trunc.Relation, trunc.New, trunc.Old)); data != "{}" {
+				t.Fatalf("AppendData(truncate) = %s, want {}", data)
+			}
+		})
+	}
+}
+
+// TestTruncateVerbErrors: a misspelt truncate is refused at its file:line
+// and field; truncate is not an operation a derived
+// event may watch.
+func TestTruncateVerbErrors(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{
+			name: "typo",
+			yaml: "tables:\n  - table: public.orders\n    noun: order\n    acl: \"true\"\n    verbs:\n      insert: created\n      trunacte: truncated\n",
+			want: `walhook.yaml:7: tables[0].verbs.trunacte: unknown operation "trunacte" (want insert, update, delete, truncate or existing)`,
+		},
+		{
+			name: "clash",
+			yaml: "tables:\n  - table: public.orders\n    noun: order\n    acl: \"true\"\n    verbs: {insert: created, truncate: created}\n",
+			want: `walhook.yaml:5: tables[0].verbs.truncate: event "order.created" is already produced by tables[0].verbs.insert (line 5); event names must be unique`,
+		},
+		{
+			name: "derived on truncate",
+			yaml: "tables:\n  - table: public.orders\n    noun: order\n    acl: \"true\"\n    verbs: {truncate: truncated}\n    events:\n      - name: order.wiped\n        on: truncate\n        when: \"true\"\n",
+			want: `walhook.yaml:8: tables[0].events[0].on: unknown operation "truncate" (want insert, update or delete)`,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("walhook.yaml", []byte(tc.yaml))
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("Parse() error = %v, want %s", err, tc.want)
+			}
+		})
 	}
 }

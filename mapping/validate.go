@@ -93,9 +93,9 @@ func validateTables(file string, tables []*TableConfig) Errors {
 		for _, op := range sortedOps(verbs) {
 			f := path + ".verbs." + op
 			verb := verbs[op]
-			if !slices.Contains(ops, op) && op != VerbExisting {
+			if !slices.Contains(ops, op) && op != VerbExisting && op != VerbTruncate {
 				badVerb = true
-				c.add(t.line("verbs."+op, "verbs"), f, fmt.Sprintf("unknown operation %q (want insert, update or delete)", op))
+				c.add(t.line("verbs."+op, "verbs"), f, fmt.Sprintf("unknown operation %q (want insert, update, delete, truncate or existing)", op))
 				continue
 			}
 			if verb == "" || !nounOK {
@@ -120,7 +120,7 @@ func validateTables(file string, tables []*TableConfig) Errors {
 		}
 
 		// Skipped after a bad verb, which already explains the missing event.
-		if !badVerb && len(t.Events) == 0 && !slices.ContainsFunc(ops, func(op string) bool { return verbs[op] != "" }) {
+		if !badVerb && len(t.Events) == 0 && verbs[VerbTruncate] == "" && !slices.ContainsFunc(ops, func(op string) bool { return verbs[op] != "" }) {
 			c.add(t.line("verbs"), path+".verbs", "the table produces no events (no verbs and no derived events); remove it or add some")
 		}
 
@@ -166,8 +166,9 @@ func validateTables(file string, tables []*TableConfig) Errors {
 	return c.errs
 }
 
-// sortedOps returns the map's operations: known ones in insert, update,
-// delete order, then unknown ones alphabetically, so errors are stable.
+// sortedOps returns the map's operations: insert, update, delete in that
+// order, then the others (truncate, existing, unknown ones) alphabetically,
+// so errors are stable.
 func sortedOps(verbs map[string]string) []string {
 	var known, unknown []string
 	for _, op := range ops {

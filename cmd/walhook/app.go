@@ -40,6 +40,7 @@ Usage:
   walhook run       --database-url URL --config walhook.yaml
   walhook check     --config walhook.yaml [--database-url URL]
   walhook status    --database-url URL [--json]   (exits 3, 4 or 5 on a problem)
+  walhook backfill  --database-url URL --follow ID | --subscription UUID [--table T]... [--no-follow]
   walhook uninstall --database-url URL [--drop-schema]
   walhook demo      [--keep]
   walhook bench     [--database-url URL] [--rows N] [--rss-rows N] [--json]
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdCheck(ctx, rest, stdout, stderr)
 	case "status":
 		return cmdStatus(ctx, rest, stdout, stderr)
+	case "backfill":
+		return cmdBackfill(ctx, rest, stdout, stderr)
 	case "uninstall":
 		return cmdUninstall(ctx, rest, stdout, stderr)
 	case "demo":

@@ -9,12 +9,13 @@ import (
 // Op is the kind of row change.
 type Op uint8
 
-// The row operations pgoutput reports. Truncate is not a row change and is not
-// represented.
+// The operations pgoutput reports. Truncate is a table's, not a row's: a
+// Truncate change has neither New nor Old, one per table a TRUNCATE emptied.
 const (
 	Insert Op = iota + 1
 	Update
 	Delete
+	Truncate
 )
 
 // String returns the lower-case name used in config and CEL ("insert", ...).
@@ -26,11 +27,14 @@ func (o Op) String() string {
 		return "update"
 	case Delete:
 		return "delete"
+	case Truncate:
+		return "truncate"
 	}
 	return "unknown"
 }
 
-// ParseOp returns the Op named s ("insert", "update", "delete"), or 0.
+// ParseOp returns the Op named s ("insert", "update", "delete", "truncate"),
+// or 0.
 func ParseOp(s string) Op {
 	switch s {
 	case "insert":
@@ -39,6 +43,8 @@ func ParseOp(s string) Op {
 		return Update
 	case "delete":
 		return Delete
+	case "truncate":
+		return Truncate
 	}
 	return 0
 }
@@ -116,7 +122,8 @@ func (r *Relation) ColumnIndex(name string) int {
 type Change struct {
 	Relation *Relation
 	Op       Op
-	// New is the new row for inserts and updates; nil for deletes.
+	// New is the new row for inserts and updates; nil for deletes and
+	// truncates.
 	New Row
 	// Old is the old row for deletes and for updates when the replica identity
 	// sent one; nil otherwise. Unless the table has REPLICA IDENTITY FULL only

@@ -21,6 +21,7 @@ func TestFreezeThaw(t *testing.T) {
 			Old: Row{{Kind: Text, Text: []byte("1")}, {Kind: Text, Text: []byte("é ✓")}, {Kind: Unchanged}},
 			New: Row{{Kind: Text, Text: []byte("1")}, {Kind: Text, Text: []byte("")}, {Kind: Unchanged}}}},
 		{"delete", &Change{Relation: rel, Op: Delete, Tx: tx, Old: Row{{Kind: Text, Text: []byte("1")}, {Kind: Unchanged}, {Kind: Unchanged}}}},
+		{"truncate, no rows", &Change{Relation: rel, Op: Truncate, Tx: tx, Seq: 5}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -47,7 +48,7 @@ func TestFreezeThaw(t *testing.T) {
 			}
 		})
 	}
-	for _, bad := range []string{`{`, `{"op":"truncate"}`, `{"op":"insert","columns":[{"name":"a"}],"new":[]}`,
+	for _, bad := range []string{`{`, `{"op":"upsert"}`, `{"op":"insert","columns":[{"name":"a"}],"new":[]}`,
 		`{"op":"insert","columns":[{"name":"a"}],"new":[{"k":"t"}]}`, `{"op":"insert","commit_lsn":"zz"}`} {
 		if _, _, err := Thaw([]byte(bad)); err == nil {
 			t.Errorf("Thaw(%s) = nil error, want one", bad)

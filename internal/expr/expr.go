@@ -52,8 +52,8 @@ const (
 var (
 	// ErrWrongTable means an Input's Table is not the program's table.
 	ErrWrongTable = errors.New("input is a row of another table")
-	// ErrBadOp means an Input is nil or its Op is not insert, update or
-	// delete.
+	// ErrBadOp means an Input is nil or its Op is not insert, update,
+	// delete or truncate.
 	ErrBadOp = errors.New("input has no valid op")
 	// ErrNotBool means a condition declared as dyn gave something other than
 	// a bool for this input, e.g. `row.flag` on a text column.
@@ -317,9 +317,10 @@ func selectColumns(a *celast.AST, cols map[string]bool, vars ...string) (all boo
 // opVals are the CEL values of `op`, built once so binding op allocates
 // nothing.
 var opVals = [...]ref.Val{
-	change.Insert: types.String("insert"),
-	change.Update: types.String("update"),
-	change.Delete: types.String("delete"),
+	change.Insert:   types.String("insert"),
+	change.Update:   types.String("update"),
+	change.Delete:   types.String("delete"),
+	change.Truncate: types.String("truncate"),
 }
 
 // emptyRow stands in for a missing row so that row.x fails with "no such
@@ -376,7 +377,7 @@ func bind(ru *Program, in *Input) (*activation, error) {
 	if in == nil {
 		return nil, fmt.Errorf("%s: %w (nil input)", ru.field, ErrBadOp)
 	}
-	if in.Op < change.Insert || in.Op > change.Delete {
+	if in.Op < change.Insert || in.Op > change.Truncate {
 		return nil, fmt.Errorf("%s: %w (%d)", ru.field, ErrBadOp, in.Op)
 	}
 	if in.Table != "" && in.Table != ru.table {

@@ -37,6 +37,14 @@ const (
 	HeldSchema  = "schema"  // the table no longer has a column the config names
 )
 
+// Backfill outcomes, the values of walhook_backfill_tables_finished_total's
+// status label: how one table of a backfill ended in this process.
+const (
+	BackfillDone      = "done"
+	BackfillFailed    = "failed"
+	BackfillCancelled = "cancelled"
+)
+
 // Rule kinds, the values of walhook_rule_errors_total's kind label.
 const (
 	RuleACL   = "acl"
@@ -73,6 +81,12 @@ type Metrics struct {
 	RuleErrors      *prometheus.CounterVec // kind
 	OwnersLoaded    prometheus.Counter
 	Held            *prometheus.CounterVec // cause
+	// BackfillRows counts the deliveries of existing rows recorded, per
+	// mapped table (bounded by the config).
+	BackfillRows *prometheus.CounterVec // table
+	// BackfillRunning is 1 while this process reads a backfill's table.
+	BackfillRunning  prometheus.Gauge
+	BackfillFinished *prometheus.CounterVec // status
 
 	mu           sync.Mutex
 	destinations func() []Destination            // guarded by mu; nil while no pipeline runs
@@ -110,6 +124,17 @@ func New(version string) *Metrics {
 		Held: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "held_total",
 			Help: "Deliveries held instead of sent because walhook could not judge or shape them, by cause: rule, payload, owners or schema. See walhook.held."},
 			[]string{"cause"}),
+		BackfillRows: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "backfill_rows_sent_total",
+			Help: "Existing rows a backfill sent (delivered or durably queued), by mapped table; walhook.backfills has each backfill's progress."},
+			[]string{"table"}),
+		BackfillRunning: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: "backfill_running",
+			Help: "1 while this process reads a table of a backfill (one at a time)."}),
+		BackfillFinished: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "backfill_tables_finished_total",
+			Help: "Tables of backfills this process finished, by how: done, failed or cancelled."},
+			[]string{"status"}),
+	}
+	for _, st := range []string{BackfillDone, BackfillFailed, BackfillCancelled} {
+		m.BackfillFinished.WithLabelValues(st)
 	}
 	for _, c := range []string{HeldRule, HeldPayload, HeldOwners, HeldSchema} {
 		m.Held.WithLabelValues(c)
@@ -141,6 +166,7 @@ func New(version string) *Metrics {
 		m.ChangesDecoded, m.EventsProduced,
 		m.Deliveries, m.DeliveryLatency,
 		m.ACLDenials, m.RuleErrors, m.OwnersLoaded, m.Held,
+		m.BackfillRows, m.BackfillRunning, m.BackfillFinished,
 		&destinationCollector{m: m},
 	)
 	return m

@@ -193,6 +193,21 @@ func contains(list []*Subscription, s *Subscription) bool {
 	return false
 }
 
+// AppendSites appends to dst, once each, the sites of the active
+// subscriptions: with Match, every active subscription to an event
+// whatever its site. It walks the whole index: for rare events only (a
+// TRUNCATE).
+func (ix *Index) AppendSites(dst []string) []string {
+	seen := map[string]bool{}
+	for k := range ix.byKey {
+		if !seen[k.site] {
+			seen[k.site] = true
+			dst = append(dst, k.site)
+		}
+	}
+	return dst
+}
+
 // AppendAncestors appends site and each of its ancestors up to "/" to dst,
 // skipping paths already in dst: the sites whose subscribers a change at site
 // reaches.
