@@ -5,12 +5,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sourcegraph/conc"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -235,9 +243,17 @@ func TestBackfillCancel(t *testing.T) {
 	}
 }
 
-// TestBackfillRate measures a backfill of WALHOOK_BACKFILL_BENCH rows (e.g.
-// 100000) to one receiver, from walhook.backfill() to the last delivery.
-// Opt-in: it only measures.
+// TestBackfillRate measures, with WALHOOK_BACKFILL_BENCH=<rows> (it skips
+// without), in one run against one counting receiver on 127.0.0.1:
+//   - the live catch-up rate: a backlog of rows/5 inserts (at most 200,000)
+//     in transactions of 100, written while walhook is stopped;
+//   - the backfill rate of <rows> existing rows, while a writer inserts one
+//     live row per transaction at 200/s, with the live rows' commit→receipt
+//     latency meanwhile;
+//   - the test process's peak RSS during the backfill (walhook and the
+//     receiver, which keeps counts only; PostgreSQL runs apart).
+//
+// WALHOOK_BACKFILL_CHUNK sets the chunk size (default 1,000).
 func TestBackfillRate(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("WALHOOK_BACKFILL_BENCH"))
 	if n <= 0 {
@@ -246,15 +262,141 @@ func TestBackfillRate(t *testing.T) {
 	e := newEnv(t, "")
 	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, i FROM generate_series(1, $1::int) i`, n)
 	e.Exec(`ANALYZE public.orders`)
-	sub := e.Subscribe("order.*", "/all")
+	rc := newCountingReceiver(t)
+	subscribe := func(event, path string) string {
+		var id string
+		if err := e.Conn.QueryRow(context.Background(), `SELECT walhook.subscribe($1, $2, '1')::text`, event, rc.URL+path).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	sub := subscribe("order.*", "/all")
+	subscribe("customer.created", "/live")
 	chunk, _ := strconv.Atoi(os.Getenv("WALHOOK_BACKFILL_CHUNK"))
-	e.start(func(c *Config) { c.BackfillChunk = chunk })
+	opt := func(c *Config) { c.BackfillChunk = chunk }
+
+	// Live catch-up: a backlog written while walhook is stopped.
+	live := min(n/5, 200_000) / 100 * 100
+	for i := 0; i < live; i += 10_000 {
+		e.Exec(`DO $$ BEGIN FOR b IN 0..99 LOOP
+			INSERT INTO public.customers (tenant_id, name) SELECT 7, 'c' FROM generate_series(1, 100);
+			COMMIT; END LOOP; END $$`)
+	}
 	start := time.Now()
+	e.start(opt)
+	e2e.WaitFor(t, 30*time.Minute, "the live backlog", func() bool { return rc.count("/live") >= live })
+	catchUp := time.Since(start)
+	rc.resetLatency()
+
+	// The backfill, beside a steady live writer.
+	runtime.GC()
+	debug.FreeOSMemory()
+	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) // resets VmHWM
+	wconn, err := pgx.Connect(context.Background(), e.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wconn.Close(context.Background())
+	stop := make(chan struct{})
+	var writer conc.WaitGroup
+	var written atomic.Int64
+	writer.Go(func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := wconn.Exec(context.Background(), `INSERT INTO public.customers (tenant_id, name) VALUES (7, 'live')`); err != nil {
+				t.Error(err)
+				return
+			}
+			written.Add(1)
+		}
+	})
+	start = time.Now()
 	id := e.backfill(sub)
-	e2e.WaitFor(t, 30*time.Minute, "every row", func() bool { return len(e.Recv.Deliveries("/all")) >= n })
+	e2e.WaitFor(t, 30*time.Minute, "every row", func() bool { return rc.count("/all") >= n })
 	el := time.Since(start)
+	close(stop)
+	writer.Wait()
 	e.waitBackfill(id, "done", time.Minute)
-	t.Logf("backfill of %d rows: %s, %.0f rows/s", n, el.Round(time.Millisecond), float64(n)/el.Seconds())
+	e2e.WaitFor(t, time.Minute, "the live rows", func() bool { return rc.count("/live") >= live+int(written.Load()) })
+	p50, p99, max := rc.latency()
+	t.Logf("live catch-up: %d rows in %s, %.0f rows/s", live, catchUp.Round(time.Millisecond), float64(live)/catchUp.Seconds())
+	t.Logf("backfill of %d rows: %s, %.0f rows/s; peak RSS %.0f MiB", n, el.Round(time.Millisecond), float64(n)/el.Seconds(),
+		float64(peakRSS())/(1<<20))
+	t.Logf("meanwhile %d live rows at 200/s: commit→receipt p50 %s, p99 %s, max %s", written.Load(),
+		p50.Round(time.Millisecond), p99.Round(time.Millisecond), max.Round(time.Millisecond))
+}
+
+// countingReceiver counts requests per path and keeps the commit→receipt
+// latency of each, from the envelope's occurred_at; it keeps no bodies, so
+// that a measurement of memory is walhook's.
+type countingReceiver struct {
+	*httptest.Server
+	mu  sync.Mutex
+	n   map[string]int
+	lat []time.Duration
+}
+
+func newCountingReceiver(t *testing.T) *countingReceiver {
+	rc := &countingReceiver{n: map[string]int{}}
+	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var env struct {
+			OccurredAt time.Time `json:"occurred_at"`
+		}
+		err := json.NewDecoder(r.Body).Decode(&env)
+		rc.mu.Lock()
+		rc.n[r.URL.Path]++
+		if err == nil && r.URL.Path == "/live" {
+			rc.lat = append(rc.lat, time.Since(env.OccurredAt))
+		}
+		rc.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(rc.Close)
+	return rc
+}
+
+func (rc *countingReceiver) count(path string) int {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.n[path]
+}
+
+func (rc *countingReceiver) resetLatency() {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.lat = nil
+}
+
+func (rc *countingReceiver) latency() (p50, p99, max time.Duration) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if len(rc.lat) == 0 {
+		return 0, 0, 0
+	}
+	l := slices.Clone(rc.lat)
+	slices.Sort(l)
+	return l[len(l)/2], l[len(l)*99/100], l[len(l)-1]
+}
+
+// peakRSS is the process's VmHWM in bytes; 0 when unknown.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // TestBackfillOwnerScope: an application session acts only for its owner:
