@@ -67,6 +67,16 @@ func (s *Service) reportProcess(ctx context.Context) {
 				ON CONFLICT (name) DO UPDATE SET role = excluded.role, streaming = excluded.streaming, seen_at = now(),
 					restarts = excluded.restarts, last_error = excluded.last_error, last_error_at = excluded.last_error_at`,
 				s.name, s.cfg.Slot, h.Role, h.Streaming, Version, started, h.Restarts, lastErr, lastAt)
+			if err == nil {
+				// Standbys that reported lately claim from the shared queue:
+				// while there are any, the leader spills to it what it cannot
+				// start at once (see deliver.Config.Spill).
+				var peers int64
+				err = conn.QueryRow(ctx, `SELECT count(*) FROM walhook.processes
+					WHERE slot = $1 AND name <> $2 AND role = $3 AND seen_at > now() - $4 * interval '1 millisecond'`,
+					s.cfg.Slot, s.name, RoleStandby, (3 * reportEvery).Milliseconds()).Scan(&peers)
+				s.peers.Store(peers)
+			}
 			if err != nil {
 				_ = conn.Close(context.WithoutCancel(ctx))
 				conn = nil

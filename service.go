@@ -66,6 +66,9 @@ type Service struct {
 	// rebuildIndex is set when walhook.subscriptions was out of the
 	// publication: the next pipeline rebuilds the index from the table.
 	rebuildIndex atomic.Bool
+	// peers counts the standbys that share the delivery queue, as
+	// walhook.processes last said.
+	peers atomic.Int64
 
 	// hooks are for tests of this package: they inject failures.
 	hooks hooks
@@ -80,6 +83,8 @@ type hooks struct {
 	// worker overrides the deliver.Worker config, e.g. a transport that
 	// panics.
 	worker func(*deliver.Config)
+	// queue overrides the retry queue's config, e.g. a short lease.
+	queue func(*deliver.QueueConfig)
 	// chunkRead is called with each backfill chunk once it is read and
 	// before its high watermark: a write made there commits inside the
 	// chunk's window.
@@ -606,17 +611,22 @@ func (s *Service) newDelivery(db *pgxpool.Pool) (*deliver.Worker, *deliver.Queue
 		AllowPrivate: s.cfg.AllowPrivateTargets,
 		AllowCIDRs:   s.cfg.AllowTargetCIDRs,
 		Observer:     s.metrics,
+		Spill:        func() bool { return s.peers.Load() > 0 },
 	}
 	if s.hooks.worker != nil {
 		s.hooks.worker(&wc)
 	}
 	worker := deliver.New(wc, db, s.log)
-	queue := deliver.NewQueue(deliver.QueueConfig{
+	qc := deliver.QueueConfig{
 		Retry:     deliver.RetryPolicy{Schedule: d.Retry, History: d.History},
 		Timeout:   d.Timeout,
 		UserAgent: "walhook/" + Version,
 		Dialects:  s.dialects,
-	}, db, worker, s.log)
+	}
+	if s.hooks.queue != nil {
+		s.hooks.queue(&qc)
+	}
+	queue := deliver.NewQueue(qc, db, worker, s.log)
 	return worker, queue
 }
 

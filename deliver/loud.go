@@ -33,7 +33,7 @@ const (
 var ErrRefused = errors.New("destination refused")
 
 func (rc *recorder) logOutcome(r *Request, o Outcome, v verdict) {
-	if v == verdictSucceeded || v == verdictBehind {
+	if v == verdictSucceeded || v == verdictQueued {
 		return
 	}
 	log := rc.log.With("subscription_id", r.SubscriptionID, "event_id", r.EventID, "event", r.Event, "attempt", max(r.Attempt, 1))

@@ -8,6 +8,9 @@ const (
 	OutcomeRetried     = "retried"     // failed; another attempt is queued
 	OutcomeFailed      = "failed"      // failed; the retry schedule is used up
 	OutcomeDeactivated = "deactivated" // 410 Gone: the subscription was deactivated
+	// OutcomeQueued: no attempt; queued in walhook.deliveries, behind its
+	// row key's retry (ordering: key) or spilled for any process to send.
+	OutcomeQueued = "queued"
 )
 
 // Observer is told what the worker does, for metrics. Its methods must be
@@ -39,6 +42,8 @@ func (rc *recorder) observe(v verdict) {
 		rc.obs.Recorded(OutcomeFailed)
 	case verdictGone:
 		rc.obs.Recorded(OutcomeDeactivated)
+	case verdictQueued:
+		rc.obs.Recorded(OutcomeQueued)
 	}
 }
 

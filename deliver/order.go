@@ -162,7 +162,7 @@ func (w *Worker) flushChain(id chainID, c *chain) {
 		c.waiting = nil
 		o.mu.Unlock()
 		for _, j := range jobs {
-			w.finish(j.ctx, w.tracked(c, j.r), Outcome{behind: true})
+			w.finish(j.ctx, w.tracked(c, j.r), Outcome{queue: true})
 		}
 	}
 }

@@ -131,7 +131,13 @@ func (q *Queue) Run(stop, work context.Context) error {
 // poll claims one batch of due rows and submits them, returning how many it
 // claimed.
 func (q *Queue) poll(stop, work context.Context) (int, error) {
-	batch, err := q.claim(stop)
+	// Claim no more than this process can start soon: what it claims waits
+	// here under a lease, out of reach of processes with room for it.
+	limit := q.cfg.ClaimBatch - q.worker.waiting()
+	if limit <= 0 {
+		return 0, nil
+	}
+	batch, err := q.claim(stop, limit)
 	if err != nil || len(batch) == 0 {
 		return 0, err
 	}
@@ -159,7 +165,7 @@ func (q *Queue) poll(stop, work context.Context) (int, error) {
 // rows of a removed subscription are dropped, and those of an inactive one
 // are parked at 'infinity' (activate() brings them back), so that every poll
 // scans only rows it can send.
-func (q *Queue) claim(ctx context.Context) ([]queued, error) {
+func (q *Queue) claim(ctx context.Context, limit int) ([]queued, error) {
 	var out []queued
 	err := pgx.BeginFunc(ctx, q.db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM walhook.deliveries d
@@ -199,7 +205,7 @@ func (q *Queue) claim(ctx context.Context) ([]queued, error) {
 			RETURNING d.id, d.subscription_id::text, d.event_id, d.event, d.target_url, d.method,
 				d.headers, d.body, d.attempt, coalesce(d.dialect, ''), d.committed_at, s.secret,
 				CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END, d.event_ids`,
-			q.cfg.ClaimBatch, q.cfg.Lease.Milliseconds(), q.cfg.Name)
+			limit, q.cfg.Lease.Milliseconds(), q.cfg.Name)
 		if err != nil {
 			return err
 		}
@@ -275,6 +281,7 @@ func (q *Queue) request(d queued) *Request {
 		Attempt:        d.attempt + 1,
 		Dialect:        d.dialect,
 		EventIDs:       d.eventIDs,
+		fromQueue:      true,
 	}
 	if d.committed != nil {
 		r.Committed = *d.committed

@@ -95,7 +95,7 @@ func TestQueueConcurrentClaimersShareRows(t *testing.T) {
 			defer cancel()
 			// Bounded: n rows cannot take more than n claims that find any.
 			for range n {
-				b, err := q.claim(ctx)
+				b, err := q.claim(ctx, q.cfg.ClaimBatch)
 				if err != nil {
 					errs[i] = err
 					return
@@ -159,7 +159,7 @@ func TestQueueClaimSkipsLockedRows(t *testing.T) {
 	q := newTestQueue(db, "claimer", time.Hour, 100)
 	cctx, cancel := context.WithTimeout(ctx, pgWait)
 	defer cancel()
-	b, err := q.claim(cctx)
+	b, err := q.claim(cctx, q.cfg.ClaimBatch)
 	if err != nil {
 		t.Fatalf("claim() with rows locked elsewhere = %v", err)
 	}
@@ -169,7 +169,7 @@ func TestQueueClaimSkipsLockedRows(t *testing.T) {
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	b, err = q.claim(cctx)
+	b, err = q.claim(cctx, q.cfg.ClaimBatch)
 	if err != nil {
 		t.Fatalf("claim() after release = %v", err)
 	}
@@ -191,7 +191,7 @@ func TestQueueLease(t *testing.T) {
 	b := newTestQueue(db, "process-b", lease, 10)
 
 	claimedAt := dbNow(t, db)
-	got, err := a.claim(ctx)
+	got, err := a.claim(ctx, a.cfg.ClaimBatch)
 	if err != nil || !slices.Equal(claimedIDs(got), ids) {
 		t.Fatalf("first claim() = %v, %v; want %v", claimedIDs(got), err, ids)
 	}
@@ -205,7 +205,7 @@ func TestQueueLease(t *testing.T) {
 
 	for _, q := range []*Queue{a, b} {
 		before := dbNow(t, db)
-		got, err := q.claim(ctx)
+		got, err := q.claim(ctx, q.cfg.ClaimBatch)
 		if err != nil {
 			t.Fatalf("%s: claim() during the lease = %v", q.cfg.Name, err)
 		}
@@ -218,7 +218,7 @@ func TestQueueLease(t *testing.T) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		got, err := b.claim(ctx)
+		got, err := b.claim(ctx, b.cfg.ClaimBatch)
 		if err != nil {
 			t.Fatalf("claim() = %v", err)
 		}
@@ -275,7 +275,7 @@ func TestQueueClaimParksAndDrops(t *testing.T) {
 		ids[i] = enqueue(t, db, tc.sub, 1, tc.at)[0]
 	}
 	q := newTestQueue(db, "claimer", time.Hour, 100)
-	got, err := q.claim(ctx)
+	got, err := q.claim(ctx, q.cfg.ClaimBatch)
 	if err != nil {
 		t.Fatalf("claim() = %v", err)
 	}
@@ -307,7 +307,7 @@ func TestQueueClaimParksAndDrops(t *testing.T) {
 	if err := db.QueryRow(ctx, `SELECT walhook.activate($1)`, inactive).Scan(&ok); err != nil || !ok {
 		t.Fatalf("activate() = %v, %v", ok, err)
 	}
-	got, err = q.claim(ctx)
+	got, err = q.claim(ctx, q.cfg.ClaimBatch)
 	if err != nil {
 		t.Fatalf("claim() after activate() = %v", err)
 	}

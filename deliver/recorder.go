@@ -74,7 +74,7 @@ const (
 	verdictRetry                    // failed; queue the next attempt
 	verdictFailed                   // failed and the schedule is used up
 	verdictGone                     // 410: failed, deactivate, never retry
-	verdictBehind                   // not attempted: queued behind its key's retry
+	verdictQueued                   // not attempted: queued for any process to send
 )
 
 // decide applies the outcome rules to attempt number attempt: it returns the
@@ -83,8 +83,8 @@ const (
 // number in [0, 1).
 func (p RetryPolicy) decide(attempt int, o Outcome, retryAfter time.Duration, rnd func() float64) (verdict, time.Duration) {
 	switch {
-	case o.behind:
-		return verdictBehind, 0
+	case o.queue:
+		return verdictQueued, 0
 	case o.Succeeded():
 		return verdictSucceeded, 0
 	case o.Err == nil && o.Status == http.StatusGone:
@@ -284,8 +284,9 @@ func (rc *recorder) write(ctx context.Context, batch []record) error {
 		}
 		v, delay := p.decide(max(r.Attempt, 1), o, retryAfter(o), rand.Float64)
 		batch[i].v = v
-		if v == verdictBehind {
-			// No attempt: nothing to count or keep in the history.
+		if v == verdictQueued {
+			// No attempt (queued behind its key's retry, or spilled): nothing
+			// to count or keep in the history.
 			newQ.add(r, 0)
 			newQ.attempt[len(newQ.attempt)-1] = 0
 			continue
@@ -544,14 +545,14 @@ func attemptRow(r *Request, o Outcome) []any {
 // busy subscription it cuts a batch of a thousand rows to fifty. Failure
 // counts and the queue still see the whole batch.
 func newestPerSubscription(batch []record, history int) []record {
-	if len(batch) <= history && !slices.ContainsFunc(batch, func(r record) bool { return r.v == verdictBehind }) {
+	if len(batch) <= history && !slices.ContainsFunc(batch, func(r record) bool { return r.v == verdictQueued }) {
 		return batch
 	}
 	seen := map[string]int{}
 	keep := make([]bool, len(batch))
 	n := 0
 	for i := len(batch) - 1; i >= 0; i-- {
-		if batch[i].v == verdictBehind {
+		if batch[i].v == verdictQueued {
 			continue
 		}
 		id := batch[i].r.SubscriptionID

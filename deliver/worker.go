@@ -52,6 +52,12 @@ type Config struct {
 	Client *http.Client
 	// Observer is told of recorded outcomes, for metrics; nil for none.
 	Observer Observer
+	// Spill, when it returns true, sends first attempts to a destination
+	// whose queue here already holds MaxPerHost waiting requests to
+	// walhook.deliveries instead, where every process sharing the database
+	// claims work: other processes add their delivery capacity. Nil never
+	// spills.
+	Spill func() bool
 }
 
 // Request is one delivery of one event to one subscription.
@@ -88,6 +94,9 @@ type Request struct {
 	// holds back the later ones while it is retried. Queued deliveries
 	// carry their order in walhook.deliveries instead.
 	Order Order
+	// fromQueue marks a request claimed from walhook.deliveries: it never
+	// spills back.
+	fromQueue bool
 	// Batch, set on a first attempt, lets the worker send it with other
 	// events to the same subscription in one request (the dialect's batch);
 	// nil sends it alone.
@@ -109,9 +118,10 @@ type Outcome struct {
 	// RetryAfter is what the receiver's Retry-After header asked for; 0 when
 	// it sent none.
 	RetryAfter time.Duration
-	// behind: no attempt was made; the request is queued behind an earlier
-	// delivery of its row key that is being retried.
-	behind bool
+	// queue: no attempt was made; the request goes to walhook.deliveries,
+	// behind an earlier delivery of its row key that is being retried, or
+	// spilled there for any process to send.
+	queue bool
 }
 
 // Succeeded reports a 2xx answer.
@@ -152,6 +162,8 @@ type Worker struct {
 
 	// order sends the requests of each row key one after another.
 	order *orderer
+	// spilled counts first attempts sent to the shared queue.
+	spilled atomic.Int64
 
 	// failed is closed when a delivery goroutine panicked; failure holds
 	// the panic. Run returns it, which stops the pipeline that owns the
@@ -305,6 +317,14 @@ func (w *Worker) enqueue(ctx context.Context, r *Request) {
 		h = &hostQueue{}
 		w.hosts[dest] = h
 	}
+	if len(h.jobs) >= w.cfg.MaxPerHost && w.spillable(r) {
+		w.mu.Unlock()
+		// Recorded as queued, due now: the retry queue of whichever
+		// process has room sends it, this one's included.
+		w.spilled.Add(1)
+		w.finish(ctx, r, Outcome{queue: true})
+		return
+	}
 	h.jobs = append(h.jobs, job{ctx: ctx, r: r})
 	start := h.active < w.cfg.MaxPerHost
 	if start {
@@ -314,6 +334,29 @@ func (w *Worker) enqueue(ctx context.Context, r *Request) {
 	if start {
 		w.goSafe("deliver "+dest, func() { w.runHost(dest, h) })
 	}
+}
+
+// spillable reports whether r may go to the shared queue instead of
+// waiting here: a first attempt of one event, unordered, while Spill says
+// other processes share the work.
+func (w *Worker) spillable(r *Request) bool {
+	return w.cfg.Spill != nil && !r.fromQueue && r.Attempt <= 1 && r.Order.Key == "" && r.members == nil &&
+		r.EventIDs == nil && w.cfg.Spill()
+}
+
+// Spilled counts the first attempts sent to the shared queue, for metrics
+// and tests.
+func (w *Worker) Spilled() int64 { return w.spilled.Load() }
+
+// waiting counts the requests queued here for a destination's place.
+func (w *Worker) waiting() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, h := range w.hosts {
+		n += len(h.jobs)
+	}
+	return n
 }
 
 // runHost delivers dest's queue in order until it is empty, holding one of
