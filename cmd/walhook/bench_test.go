@@ -4,6 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,8 +19,8 @@ import (
 )
 
 // TestBench is a smoke test: a tiny bench run of each mode against the
-// shared server finishes, accounts for every delivery, and leaves no slot
-// behind.
+// shared server finishes, its separate receiver process counts every
+// delivery and exits, and no slot is left behind.
 func TestBench(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -24,23 +29,47 @@ func TestBench(t *testing.T) {
 	}{
 		{
 			name: "full",
-			args: []string{"--rows", "300", "--tx-size", "50", "--subscriptions", "2", "--rate", "100", "--duration", "1s", "--http-requests", "500"},
+			args: []string{"--rows", "200", "--tx-sizes", "50,1", "--batch", "10", "--subscriptions", "2",
+				"--rate", "100", "--duration", "1s", "--http-requests", "200", "--http-clients", "2,4"},
 			check: func(t *testing.T, r *bench.Result) {
-				if r.Stream == nil || r.Stream.RowsPerSec <= 0 {
-					t.Errorf("stream limit = %+v, want a rate", r.Stream)
+				if len(r.Shapes) != 2 {
+					t.Fatalf("shapes = %+v, want transactions of 50 and of 1", r.Shapes)
 				}
-				if r.CatchUp == nil || r.CatchUp.Deliveries != 600 || r.CatchUp.PerSec <= 0 || r.CatchUp.PeakRSSMiB <= 0 {
-					t.Errorf("catch-up = %+v, want 600 deliveries with a rate and a peak RSS", r.CatchUp)
+				for i, txs := range []int{4, 200} {
+					sh := r.Shapes[i]
+					if bl := sh.Backlog; bl.Transactions != txs || bl.XIDs < int64(txs) {
+						t.Errorf("tx size %d: backlog = %+v, want %d transactions, each with its xid", sh.TxSize, bl, txs)
+					}
+					if sh.Stream == nil || sh.Stream.RowsPerSec <= 0 {
+						t.Errorf("tx size %d: stream limit = %+v, want a rate", sh.TxSize, sh.Stream)
+					}
+					// The receiver process counted each delivery as one request.
+					if c := sh.CatchUp; c.Deliveries != 400 || c.Requests != 400 || c.Share <= 0 || c.PeakRSSMiB <= 0 || c.ReceiverCPUPerDelivery <= 0 {
+						t.Errorf("tx size %d: catch-up = %+v, want 400 deliveries in 400 requests, a share of the limit, RSS and receiver CPU", sh.TxSize, c)
+					}
+					if c := sh.Batch; c == nil || c.Deliveries != 400 || c.Requests < 40 || c.Requests >= 400 || c.Share <= 0 {
+						t.Errorf("tx size %d: batched catch-up = %+v, want 400 deliveries in 40 to 399 requests", sh.TxSize, c)
+					}
 				}
-				if len(r.HTTP) == 0 || r.HTTP[0].Requests != 500 || r.HTTP[0].Clients != 256 {
-					t.Errorf("HTTP limit = %+v, want 500 requests from 256 clients first", r.HTTP)
+				var kinds []string
+				for _, h := range r.HTTP {
+					kinds = append(kinds, fmt.Sprintf("%s/%d", h.Body, h.Clients))
+					if h.Requests*h.EventsPerRequest < 200-h.EventsPerRequest || h.PerSec <= 0 {
+						t.Errorf("HTTP limit %+v, want about 200 events posted, with a rate", h)
+					}
+				}
+				if want := []string{"event/2", "event/4", "batch/2", "batch/4"}; !slices.Equal(kinds, want) {
+					t.Errorf("HTTP limits = %v, want %v", kinds, want)
+				}
+				if r.HTTPLimit <= 0 || r.HTTPBatchLimit <= 0 {
+					t.Errorf("HTTP limits: best %v, batches %v, want rates", r.HTTPLimit, r.HTTPBatchLimit)
 				}
 				l := r.Latency
 				if l == nil || l.Committed == 0 || l.Delivered != 2*l.Committed || l.P99ms <= 0 {
 					t.Errorf("latency = %+v, want every commit delivered twice and percentiles", l)
 				}
-				if len(r.Goals) != 2 {
-					t.Errorf("goals = %+v, want catch-up and latency", r.Goals)
+				if len(r.Goals) != 3 {
+					t.Errorf("goals = %+v, want two catch-ups and latency", r.Goals)
 				}
 			},
 		},
@@ -48,7 +77,7 @@ func TestBench(t *testing.T) {
 			name: "single transaction",
 			args: []string{"--rss-rows", "500"},
 			check: func(t *testing.T, r *bench.Result) {
-				if d := r.SingleTx; d == nil || d.Deliveries != 500 || d.PeakRSSMiB <= 0 {
+				if d := r.SingleTx; d == nil || d.Deliveries != 500 || d.Requests != 500 || d.PeakRSSMiB <= 0 {
 					t.Errorf("single tx = %+v, want 500 deliveries and a peak RSS", d)
 				}
 				if r.Backlog == nil || r.Backlog.Transactions != 1 {
@@ -75,6 +104,12 @@ func TestBench(t *testing.T) {
 				t.Fatalf("decode output %q: %v", stdout.String(), err)
 			}
 			tc.check(t, &r)
+			// The receiver was a process of its own, and it is gone.
+			if rc := r.Receiver; rc == nil || rc.PID <= 0 || rc.PID == os.Getpid() || !rc.Exited {
+				t.Errorf("receiver = %+v, want another process that exited", rc)
+			} else if err := syscall.Kill(rc.PID, 0); !errors.Is(err, syscall.ESRCH) {
+				t.Errorf("receiver pid %d: kill -0 = %v, want ESRCH", rc.PID, err)
+			}
 
 			conn, err := pgx.Connect(ctx, dsn)
 			if err != nil {

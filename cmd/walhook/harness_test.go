@@ -9,12 +9,18 @@ import (
 	"github.com/sourcegraph/conc"
 
 	"github.com/walhook/walhook"
+	"github.com/walhook/walhook/internal/bench"
 	"github.com/walhook/walhook/internal/e2e"
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/mapping"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// TestMain serves as walhook bench's receiver when the bench under test
+// starts this binary as one.
+func TestMain(m *testing.M) {
+	bench.ReceiverMain()
+	pgtest.Main(m)
+}
 
 // env is one test's database, config and receiver, with walhook installed;
 // start runs the service in this process.

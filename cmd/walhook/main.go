@@ -8,9 +8,12 @@ import (
 	"os"
 
 	"github.com/spf13/pflag"
+
+	"github.com/walhook/walhook/internal/bench"
 )
 
 func main() {
+	bench.ReceiverMain() // the receiver process of walhook bench, when asked
 	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "walhook:", err)

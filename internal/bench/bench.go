@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,8 +20,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -33,7 +30,6 @@ import (
 
 	"github.com/walhook/walhook"
 	"github.com/walhook/walhook/cdc"
-	"github.com/walhook/walhook/deliver"
 	"github.com/walhook/walhook/internal/pglocal"
 	"github.com/walhook/walhook/mapping"
 )
@@ -52,22 +48,41 @@ const benchTable = "public.walhook_bench"
 
 const benchOwner = "walhook-bench"
 
-const benchConfig = `# Written by walhook bench.
+// batchDialect is the dialect of the batched catch-up (--batch).
+const batchDialect = "bulk"
+
+// benchConfig is the config the bench runs walhook with; batch > 0 adds the
+// batching dialect.
+func benchConfig(batch int) string {
+	cfg := `# Written by walhook bench.
 tables:
   - table: public.walhook_bench
     noun: bench
     acl: "true"
 `
+	if batch > 0 {
+		cfg += fmt.Sprintf("dialects:\n  %s:\n    batch: {max_events: %d, max_wait: 200ms}\n", batchDialect, batch)
+	}
+	return cfg
+}
 
 type Options struct {
-	DatabaseURL  string
-	Rows         int
-	TxSize       int
-	Subs         int
-	Rate         int
-	Duration     time.Duration
-	JSON         bool
-	RSSRows      int
+	DatabaseURL string
+	Rows        int
+	// TxSizes are the backlog's shapes: rows per transaction, each caught up
+	// separately.
+	TxSizes []int
+	// Batch > 0 adds, per shape, a catch-up through a dialect batching this
+	// many events per request.
+	Batch    int
+	Subs     int
+	Rate     int
+	Duration time.Duration
+	JSON     bool
+	RSSRows  int
+	// HTTPClients are the client counts of the HTTP limit; the limit is the
+	// best of them.
+	HTTPClients  []int
 	HTTPRequests int
 	CPUProfile   string
 	MemProfile   string
@@ -85,10 +100,23 @@ func Run(ctx context.Context, o Options, log *slog.Logger, progress io.Writer) (
 		return nil, err
 	}
 	defer b.close()
+	var res *Result
 	if o.RSSRows > 0 {
-		return b.runRSS(ctx)
+		res, err = b.runRSS(ctx)
+	} else {
+		res, err = b.runFull(ctx)
 	}
-	return b.runFull(ctx)
+	// The receiver stops here on success, so that the result can say so;
+	// close stops it on every other path.
+	pid := b.recv.pid()
+	if stopErr := b.recv.stop(); err == nil && stopErr != nil {
+		err = stopErr
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Receiver = &receiverResult{PID: pid, Exited: true}
+	return res, nil
 }
 
 // Validate names the first option out of range.
@@ -96,8 +124,10 @@ func (o *Options) Validate() error {
 	switch {
 	case o.Rows < 1:
 		return errors.New("--rows: want at least 1")
-	case o.TxSize < 1:
-		return errors.New("--tx-size: want at least 1")
+	case len(o.TxSizes) == 0 || slices.Min(o.TxSizes) < 1:
+		return errors.New("--tx-sizes: want one or more sizes of at least 1")
+	case o.Batch < 0 || o.Batch > 10000:
+		return errors.New("--batch: want 0 (off) to 10000")
 	case o.Subs < 1 || o.Subs > 1000:
 		return errors.New("--subscriptions: want 1 to 1000")
 	case o.Rate < 1:
@@ -106,6 +136,8 @@ func (o *Options) Validate() error {
 		return errors.New("--duration: want zero (skip the latency phase) or more")
 	case o.RSSRows < 0:
 		return errors.New("--rss-rows: want 0 (off) or more")
+	case len(o.HTTPClients) == 0 || slices.Min(o.HTTPClients) < 1 || slices.Max(o.HTTPClients) > 10000:
+		return errors.New("--http-clients: want one or more counts from 1 to 10000")
 	case o.HTTPRequests < 0:
 		return errors.New("--http-requests: want 0 (default) or more")
 	case o.Timeout <= 0:
@@ -118,16 +150,21 @@ func (o *Options) Validate() error {
 type Result struct {
 	Machine       benchMachine    `json:"machine"`
 	Rows          int             `json:"rows,omitempty"`
-	TxSize        int             `json:"tx_size,omitempty"`
+	Batch         int             `json:"batch,omitempty"`
 	Subscriptions int             `json:"subscriptions"`
-	Backlog       *backlogResult  `json:"backlog,omitempty"`
-	Stream        *streamResult   `json:"stream_limit,omitempty"`
-	CatchUp       *deliveryResult `json:"catch_up,omitempty"`
-	HTTP          []httpResult    `json:"http_limit,omitempty"`
-	Latency       *latencyResult  `json:"latency,omitempty"`
-	SingleTx      *deliveryResult `json:"single_tx,omitempty"`
-	Goals         []benchGoal     `json:"goals"`
-	Notes         []string        `json:"notes,omitempty"`
+	Receiver      *receiverResult `json:"receiver"`
+	// Shapes are the catch-ups, one per --tx-sizes entry.
+	Shapes []shapeResult `json:"shapes,omitempty"`
+	HTTP   []httpResult  `json:"http_limit,omitempty"`
+	// HTTPLimit is the best events/s of HTTP whose body is one event;
+	// HTTPBatchLimit that of HTTP whose body is a batch.
+	HTTPLimit      float64         `json:"http_limit_events_per_sec,omitempty"`
+	HTTPBatchLimit float64         `json:"http_batch_limit_events_per_sec,omitempty"`
+	Latency        *latencyResult  `json:"latency,omitempty"`
+	Backlog        *backlogResult  `json:"backlog,omitempty"` // of --rss-rows
+	SingleTx       *deliveryResult `json:"single_tx,omitempty"`
+	Goals          []benchGoal     `json:"goals"`
+	Notes          []string        `json:"notes,omitempty"`
 }
 
 type benchMachine struct {
@@ -137,12 +174,34 @@ type benchMachine struct {
 	Settings   map[string]string `json:"settings"`
 }
 
+// receiverResult is the receiver process: its PID and that it exited when
+// the bench stopped it.
+type receiverResult struct {
+	PID    int  `json:"pid"`
+	Exited bool `json:"exited"`
+}
+
+// shapeResult is one backlog shape: its stream limit and walhook's
+// catch-ups of it.
+type shapeResult struct {
+	TxSize  int             `json:"tx_size"`
+	Backlog *backlogResult  `json:"backlog"`
+	Stream  *streamResult   `json:"stream_limit"`
+	CatchUp *deliveryResult `json:"catch_up"`
+	// Batch is the catch-up of a second backlog of the same shape through
+	// the batching dialect (--batch).
+	Batch *deliveryResult `json:"batch_catch_up,omitempty"`
+}
+
 type backlogResult struct {
-	Rows         int     `json:"rows"`
-	Transactions int     `json:"transactions"`
-	Seconds      float64 `json:"seconds"`
-	RowsPerSec   float64 `json:"rows_per_sec"`
-	WALBytes     uint64  `json:"wal_bytes"`
+	Rows         int `json:"rows"`
+	Transactions int `json:"transactions"`
+	// XIDs is how far the server's next transaction id moved while writing:
+	// at least Transactions, as each transaction that writes takes one.
+	XIDs       int64   `json:"xids"`
+	Seconds    float64 `json:"seconds"`
+	RowsPerSec float64 `json:"rows_per_sec"`
+	WALBytes   uint64  `json:"wal_bytes"`
 }
 
 type streamResult struct {
@@ -155,26 +214,43 @@ type streamResult struct {
 }
 
 type deliveryResult struct {
-	Deliveries     int     `json:"deliveries"`
-	Seconds        float64 `json:"seconds"`
-	PerSec         float64 `json:"deliveries_per_sec"`
-	AckSeconds     float64 `json:"acknowledged_seconds"`
-	FirstSeconds   float64 `json:"first_delivery_seconds"`
-	PeakRSSMiB     float64 `json:"peak_rss_mib"`
-	CPUPerDelivery float64 `json:"cpu_us_per_delivery"`
-	// PostgresCPUPerDelivery is the server's CPU (every backend, WAL sender
-	// and background process) per delivery; 0 when it cannot be read (a
-	// server on another machine).
+	// Deliveries are events delivered (rows × subscriptions), in Requests
+	// requests (fewer when batched).
+	Deliveries   int     `json:"deliveries"`
+	Requests     int     `json:"requests"`
+	Seconds      float64 `json:"seconds"`
+	PerSec       float64 `json:"deliveries_per_sec"`
+	AckSeconds   float64 `json:"acknowledged_seconds"`
+	FirstSeconds float64 `json:"first_delivery_seconds"`
+	// Limit is min(stream limit × subscriptions, HTTP limit for this body)
+	// and Share PerSec / Limit; 0 without both limits.
+	Limit      float64 `json:"limit_per_sec,omitempty"`
+	Share      float64 `json:"share_of_limit,omitempty"`
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	// CPU per delivery of each process: walhook (the bench process),
+	// PostgreSQL (every backend, WAL sender and background process; 0 when
+	// it cannot be read, a server on another machine), and the receiver.
+	WalhookCPUPerDelivery  float64 `json:"walhook_cpu_us_per_delivery"`
 	PostgresCPUPerDelivery float64 `json:"postgres_cpu_us_per_delivery,omitempty"`
+	ReceiverCPUPerDelivery float64 `json:"receiver_cpu_us_per_delivery"`
 	GoHeapPeakMiB          float64 `json:"go_heap_peak_mib"`
 }
 
 type httpResult struct {
-	Clients   int     `json:"clients"`
-	Requests  int     `json:"requests"`
-	BodyBytes int     `json:"body_bytes"`
-	Seconds   float64 `json:"seconds"`
-	PerSec    float64 `json:"requests_per_sec"`
+	// Body is "event" (one envelope, as walhook sends by default) or
+	// "batch" (a batch document of EventsPerRequest envelopes).
+	Body             string  `json:"body"`
+	Clients          int     `json:"clients"`
+	Requests         int     `json:"requests"`
+	EventsPerRequest int     `json:"events_per_request"`
+	BodyBytes        int     `json:"body_bytes"`
+	Seconds          float64 `json:"seconds"`
+	PerSec           float64 `json:"requests_per_sec"`
+	EventsPerSec     float64 `json:"events_per_sec"`
+	// CPU per request of the posting client (the bench process) and of the
+	// receiver.
+	ClientCPUPerRequest   float64 `json:"client_cpu_us_per_request"`
+	ReceiverCPUPerRequest float64 `json:"receiver_cpu_us_per_request"`
 }
 
 type latencyResult struct {
@@ -210,11 +286,9 @@ type bench struct {
 	rawSlot  string
 	pub      string
 	cfg      *mapping.Config
-	recv     *benchReceiver
-	hs       *http.Server
-	hsWG     conc.WaitGroup
-	base     string
-	dataDir  string // the server's data directory when readable here, for its CPU time
+	recv     *receiverProc
+	subIDs   []string // the subscriptions in place
+	dataDir  string   // the server's data directory when readable here, for its CPU time
 	nextID   int64
 	pgVer    string
 	settings map[string]string
@@ -270,6 +344,12 @@ func newBench(ctx context.Context, o Options, log *slog.Logger, progress io.Writ
 		id bigint PRIMARY KEY, tenant int NOT NULL, payload text NOT NULL, amount numeric(12, 2) NOT NULL, at timestamptz NOT NULL)`); err != nil {
 		return nil, fmt.Errorf("create %s: %w", benchTable, err)
 	}
+	// The backlog writer commits without waiting for the WAL flush, as
+	// pglocal's server does anyway: a backlog of one-row transactions
+	// against a server with synchronous_commit on would time the disk.
+	if _, err := b.conn.Exec(ctx, `SET synchronous_commit = off`); err != nil {
+		return nil, fmt.Errorf("set synchronous_commit: %w", err)
+	}
 
 	dir, err := os.MkdirTemp("", "walhook-bench-")
 	if err != nil {
@@ -277,7 +357,7 @@ func newBench(ctx context.Context, o Options, log *slog.Logger, progress io.Writ
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "walhook.yaml")
-	if err := os.WriteFile(path, []byte(benchConfig), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(benchConfig(o.Batch)), 0o600); err != nil {
 		return nil, err
 	}
 	if b.cfg, err = mapping.Load(path); err != nil {
@@ -287,37 +367,41 @@ func newBench(ctx context.Context, o Options, log *slog.Logger, progress io.Writ
 		return nil, err
 	}
 
-	b.recv = &benchReceiver{}
-	b.recv.target.Store(math.MaxInt64)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("listen for the receiver: %w", err)
+	b.say("starting the receiver as a separate process ...")
+	if b.recv, err = startReceiver(ctx); err != nil {
+		return nil, err
 	}
-	b.hs = &http.Server{Handler: b.recv, ReadHeaderTimeout: 5 * time.Second}
-	b.hsWG.Go(func() { _ = b.hs.Serve(ln) })
-	b.base = "http://" + ln.Addr().String()
 	return b, nil
 }
 
-// subscribe makes n subscriptions to bench.created, each with its own path:
-// subscriptions sharing a target are coalesced into one request.
-func (b *bench) subscribe(ctx context.Context, n int) error {
+// subscribe replaces the subscriptions in place with n subscriptions to
+// bench.created through dialect, each with its own path: subscriptions
+// sharing a target are coalesced into one request.
+func (b *bench) subscribe(ctx context.Context, n int, dialect string) error {
+	for _, id := range b.subIDs {
+		if _, err := b.conn.Exec(ctx, `SELECT walhook.unsubscribe($1)`, id); err != nil {
+			return fmt.Errorf("unsubscribe: %w", err)
+		}
+	}
+	b.subIDs = b.subIDs[:0]
 	for i := range n {
-		if _, err := b.conn.Exec(ctx, `SELECT walhook.subscribe('bench.created', $1, $2)`,
-			fmt.Sprintf("%s/hook/%d", b.base, i), benchOwner); err != nil {
+		var id string
+		if err := b.conn.QueryRow(ctx, `SELECT walhook.subscribe('bench.created', $1, $2, '/', $3)::text`,
+			fmt.Sprintf("%s/%s/%d", b.recv.base, dialect, i), benchOwner, dialect).Scan(&id); err != nil {
 			return fmt.Errorf("subscribe: %w", err)
 		}
+		b.subIDs = append(b.subIDs, id)
 	}
 	return nil
 }
 
-// close drops what the run created and stops the server it started.
+// close stops the receiver, drops what the run created and stops the
+// server it started.
 func (b *bench) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if b.hs != nil {
-		b.hs.Close()
-		b.hsWG.Wait()
+	if b.recv != nil {
+		_ = b.recv.stop()
 	}
 	if b.conn != nil {
 		if b.external {
@@ -341,79 +425,121 @@ func (b *bench) result() *Result {
 	}
 }
 
-// runFull runs the catch-up, stream-limit, HTTP-limit and latency phases.
+// runFull runs, per backlog shape, the stream limit and the catch-ups; then
+// the HTTP limits and the latency phase.
 func (b *bench) runFull(ctx context.Context) (*Result, error) {
 	o := b.o
 	res := b.result()
-	res.Rows, res.TxSize, res.Subscriptions = o.Rows, o.TxSize, o.Subs
-	if err := b.subscribe(ctx, o.Subs); err != nil {
-		return nil, err
-	}
-	// The raw slot starts where walhook's stands now, bar the subscriptions:
-	// both must decode the whole backlog.
-	startLSN, err := b.createRawSlot(ctx)
-	if err != nil {
-		return nil, err
-	}
-
-	b.say("writing a backlog of %d rows in transactions of %d, walhook stopped ...", o.Rows, o.TxSize)
-	if res.Backlog, err = b.writeBacklog(ctx, o.Rows, o.TxSize); err != nil {
-		return nil, err
-	}
-	endLSN, err := b.currentLSN(ctx)
-	if err != nil {
-		return nil, err
-	}
-	res.Backlog.WALBytes = uint64(endLSN - startLSN)
-
-	b.say("stream limit: pg_recvlogical draining the backlog from a second slot ...")
-	if res.Stream, err = b.streamLimit(ctx, endLSN, o.Rows, res.Backlog.WALBytes); err != nil {
-		return nil, err
-	}
-
+	res.Rows, res.Batch, res.Subscriptions = o.Rows, o.Batch, o.Subs
 	deliveries := o.Rows * o.Subs
-	b.say("catch-up: starting walhook, waiting for %d deliveries ...", deliveries)
-	svc := b.startService(ctx)
-	defer svc.stop()
-	if res.CatchUp, err = b.measureDelivery(ctx, svc, deliveries, endLSN); err != nil {
-		return nil, err
+	var eventBody, batchBody []byte
+	for _, size := range o.TxSizes {
+		sh := shapeResult{TxSize: size}
+		if err := b.subscribe(ctx, o.Subs, "default"); err != nil {
+			return nil, err
+		}
+		// The raw slot starts where walhook's stands now, bar the
+		// subscriptions: both must decode the whole backlog.
+		startLSN, err := b.createRawSlot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b.say("transactions of %d: writing a backlog of %d rows, walhook stopped ...", size, o.Rows)
+		if sh.Backlog, err = b.writeBacklog(ctx, o.Rows, size); err != nil {
+			return nil, err
+		}
+		endLSN, err := b.currentLSN(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sh.Backlog.WALBytes = uint64(endLSN - startLSN)
+
+		b.say("transactions of %d: stream limit, pg_recvlogical draining the backlog from a second slot ...", size)
+		if sh.Stream, err = b.streamLimit(ctx, endLSN, o.Rows, sh.Backlog.WALBytes); err != nil {
+			return nil, err
+		}
+		b.say("transactions of %d: catch-up, starting walhook, waiting for %d deliveries ...", size, deliveries)
+		var sample []byte
+		if sh.CatchUp, sample, err = b.measureDelivery(ctx, deliveries, endLSN); err != nil {
+			return nil, err
+		}
+		eventBody = cmpOr(eventBody, sample)
+
+		if o.Batch > 0 {
+			if err := b.subscribe(ctx, o.Subs, batchDialect); err != nil {
+				return nil, err
+			}
+			b.say("transactions of %d: batches of %d, writing the same backlog again, walhook stopped ...", size, o.Batch)
+			if _, err := b.writeBacklog(ctx, o.Rows, size); err != nil {
+				return nil, err
+			}
+			if endLSN, err = b.currentLSN(ctx); err != nil {
+				return nil, err
+			}
+			b.say("transactions of %d: batched catch-up, waiting for %d deliveries ...", size, deliveries)
+			if sh.Batch, sample, err = b.measureDelivery(ctx, deliveries, endLSN); err != nil {
+				return nil, err
+			}
+			batchBody = cmpOr(batchBody, sample)
+		}
+		res.Shapes = append(res.Shapes, sh)
 	}
 
 	requests := o.HTTPRequests
 	if requests == 0 {
-		requests = min(deliveries, 200000)
+		requests = min(deliveries, 100000)
 	}
-	body := b.recv.sampleBody()
-	d := deliver.SettingsFrom(b.cfg.Delivery)
-	for _, clients := range slices.Compact([]int{d.MaxInFlight, min(d.MaxPerHost, d.MaxInFlight)}) {
-		b.say("HTTP limit: %d keep-alive POSTs of %d bytes from %d clients ...", requests, len(body), clients)
-		hr, err := b.httpLimit(ctx, clients, requests, body)
-		if err != nil {
-			return nil, err
+	for _, body := range []struct {
+		kind string
+		b    []byte
+	}{{"event", eventBody}, {"batch", batchBody}} {
+		if body.b == nil {
+			continue
 		}
-		res.HTTP = append(res.HTTP, hr)
+		events := max(bytes.Count(body.b, occurredAt), 1)
+		n := max(requests/events, 1)
+		for _, clients := range o.HTTPClients {
+			b.say("HTTP limit: %d keep-alive POSTs of %d bytes (%d events) from %d clients ...", n, len(body.b), events, clients)
+			hr, err := b.httpLimit(ctx, clients, n, body.b)
+			if err != nil {
+				return nil, err
+			}
+			hr.Body, hr.EventsPerRequest, hr.EventsPerSec = body.kind, events, hr.PerSec*float64(events)
+			res.HTTP = append(res.HTTP, hr)
+			if body.kind == "event" {
+				res.HTTPLimit = max(res.HTTPLimit, hr.EventsPerSec)
+			} else {
+				res.HTTPBatchLimit = max(res.HTTPBatchLimit, hr.EventsPerSec)
+			}
+		}
 	}
 
 	if o.Duration > 0 {
+		if err := b.subscribe(ctx, o.Subs, "default"); err != nil {
+			return nil, err
+		}
 		b.say("latency: %d changes/s, one row per transaction, for %s ...", o.Rate, o.Duration)
-		if res.Latency, err = b.latency(ctx, svc, o.Rate, o.Duration, o.Subs); err != nil {
+		var err error
+		if res.Latency, err = b.latency(ctx, o.Rate, o.Duration, o.Subs); err != nil {
 			return nil, err
 		}
 	}
-	if err := svc.stop(); err != nil {
-		return nil, err
-	}
 
-	// Goals.
-	streamLimit := res.Stream.RowsPerSec * float64(o.Subs)
-	httpLimit := res.HTTP[0].PerSec
-	limit := min(streamLimit, httpLimit)
-	res.Goals = append(res.Goals, benchGoal{
-		Goal: "catch-up rate",
-		Want: fmt.Sprintf(">= %.0f%% of min(stream %.0f/s, HTTP %.0f/s) = %.0f/s", goalCatchUpShare*100, streamLimit, httpLimit, goalCatchUpShare*limit),
-		Got:  fmt.Sprintf("%.0f/s (%.0f%%)", res.CatchUp.PerSec, 100*res.CatchUp.PerSec/limit),
-		Met:  res.CatchUp.PerSec >= goalCatchUpShare*limit,
-	})
+	// Ratios and goals.
+	for i := range res.Shapes {
+		sh := &res.Shapes[i]
+		stream := sh.Stream.RowsPerSec * float64(o.Subs)
+		sh.CatchUp.setLimit(stream, res.HTTPLimit)
+		if sh.Batch != nil {
+			sh.Batch.setLimit(stream, res.HTTPBatchLimit)
+		}
+		res.Goals = append(res.Goals, benchGoal{
+			Goal: fmt.Sprintf("catch-up rate, transactions of %d", sh.TxSize),
+			Want: fmt.Sprintf(">= %.0f%% of min(stream %.0f/s, HTTP %.0f/s) = %.0f/s", goalCatchUpShare*100, stream, res.HTTPLimit, goalCatchUpShare*sh.CatchUp.Limit),
+			Got:  fmt.Sprintf("%.0f/s (%.0f%%)", sh.CatchUp.PerSec, 100*sh.CatchUp.Share),
+			Met:  sh.CatchUp.Share >= goalCatchUpShare,
+		})
+	}
 	if l := res.Latency; l != nil {
 		res.Goals = append(res.Goals, benchGoal{
 			Goal: fmt.Sprintf("p99 latency at %d/s", l.Rate),
@@ -423,9 +549,27 @@ func (b *bench) runFull(ctx context.Context) (*Result, error) {
 		})
 	}
 	res.Notes = append(res.Notes,
-		"peak RSS and CPU are of the whole bench process: walhook, the in-process receiver and the bench's own bookkeeping",
-		"PostgreSQL runs on the same machine and shares its CPUs")
+		"peak RSS and walhook's CPU are of the bench process: walhook and the bench's bookkeeping; the receiver is a separate process",
+		"PostgreSQL, walhook and the receiver share this machine's CPUs")
 	return res, nil
+}
+
+// cmpOr returns a unless it is nil, else b.
+func cmpOr(a, b []byte) []byte {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// setLimit sets d's limit to the lower of stream and http (events/s) and its
+// share of it.
+func (d *deliveryResult) setLimit(stream, http float64) {
+	if stream <= 0 || http <= 0 {
+		return
+	}
+	d.Limit = min(stream, http)
+	d.Share = d.PerSec / d.Limit
 }
 
 // runRSS delivers one transaction of RSSRows rows to one subscription.
@@ -433,7 +577,7 @@ func (b *bench) runRSS(ctx context.Context) (*Result, error) {
 	n := b.o.RSSRows
 	res := b.result()
 	res.Subscriptions = 1
-	if err := b.subscribe(ctx, 1); err != nil {
+	if err := b.subscribe(ctx, 1, "default"); err != nil {
 		return nil, err
 	}
 	b.say("writing ONE transaction of %d rows, walhook stopped ...", n)
@@ -452,12 +596,7 @@ func (b *bench) runRSS(ctx context.Context) (*Result, error) {
 	}
 	bl.WALBytes = uint64(endLSN - startLSN)
 	b.say("starting walhook, waiting for %d deliveries ...", n)
-	svc := b.startService(ctx)
-	defer svc.stop()
-	if res.SingleTx, err = b.measureDelivery(ctx, svc, n, endLSN); err != nil {
-		return nil, err
-	}
-	if err := svc.stop(); err != nil {
+	if res.SingleTx, _, err = b.measureDelivery(ctx, n, endLSN); err != nil {
 		return nil, err
 	}
 	res.Goals = append(res.Goals, benchGoal{
@@ -467,7 +606,7 @@ func (b *bench) runRSS(ctx context.Context) (*Result, error) {
 		Met:  res.SingleTx.PeakRSSMiB <= goalPeakRSS>>20,
 	})
 	res.Notes = append(res.Notes,
-		"peak RSS is of the whole bench process (walhook and the in-process receiver), measured from just before walhook starts; the writer's memory is returned to the OS first")
+		"peak RSS is of the bench process (walhook and the bench's bookkeeping; the receiver is a separate process), measured from just before walhook starts; the writer's memory is returned to the OS first")
 	return res, nil
 }
 
@@ -487,23 +626,48 @@ func (b *bench) createRawSlot(ctx context.Context) (pglogrepl.LSN, error) {
 	return pglogrepl.ParseLSN(s)
 }
 
-// writeBacklog commits rows rows in transactions of txSize.
+// nextXID is the server's next transaction id.
+func (b *bench) nextXID(ctx context.Context) (int64, error) {
+	var x int64
+	if err := b.conn.QueryRow(ctx, `SELECT txid_snapshot_xmax(txid_current_snapshot())`).Scan(&x); err != nil {
+		return 0, fmt.Errorf("read the next transaction id: %w", err)
+	}
+	return x, nil
+}
+
+// writeBacklog commits rows rows in transactions of txSize, all from one
+// server-side loop that commits after each transaction's INSERT, so that
+// even one-row transactions are written at the server's pace rather than a
+// round trip's.
 func (b *bench) writeBacklog(ctx context.Context, rows, txSize int) (*backlogResult, error) {
+	txs := (rows + txSize - 1) / txSize
+	first, last := b.nextID, b.nextID+int64(rows)-1
+	x0, err := b.nextXID(ctx)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	txs := 0
-	for done := 0; done < rows; txs++ {
-		n := min(txSize, rows-done)
-		first := b.nextID
-		if _, err := b.conn.Exec(ctx, `INSERT INTO `+benchTable+` (id, tenant, payload, amount, at)
-			SELECT g, g % 100, md5(g::text) || md5((g + 1)::text), g * 1.25, clock_timestamp()
-			FROM generate_series($1::bigint, $2::bigint) g`, first, first+int64(n)-1); err != nil {
-			return nil, fmt.Errorf("write backlog: %w", err)
-		}
-		b.nextID += int64(n)
-		done += n
+	// DO takes no parameters; the numbers are the bench's own.
+	if _, err := b.conn.Exec(ctx, fmt.Sprintf(`DO $$
+		DECLARE lo bigint := %d;
+		BEGIN
+			WHILE lo <= %d LOOP
+				INSERT INTO %s (id, tenant, payload, amount, at)
+				SELECT g, g %% 100, md5(g::text) || md5((g + 1)::text), g * 1.25, clock_timestamp()
+				FROM generate_series(lo, least(lo + %d, %d)) g;
+				COMMIT;
+				lo := lo + %d;
+			END LOOP;
+		END $$`, first, last, benchTable, txSize-1, last, txSize)); err != nil {
+		return nil, fmt.Errorf("write backlog: %w", err)
 	}
 	secs := time.Since(start).Seconds()
-	return &backlogResult{Rows: rows, Transactions: txs, Seconds: secs, RowsPerSec: float64(rows) / secs}, nil
+	x1, err := b.nextXID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b.nextID += int64(rows)
+	return &backlogResult{Rows: rows, Transactions: txs, XIDs: x1 - x0, Seconds: secs, RowsPerSec: float64(rows) / secs}, nil
 }
 
 // streamLimit times pg_recvlogical reading the raw slot up to endLSN.
@@ -519,13 +683,13 @@ func (b *bench) streamLimit(ctx context.Context, endLSN pglogrepl.LSN, rows int,
 		"--option", "proto_version=1", "--option", "publication_names="+b.pub, "--file", os.DevNull)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	pg0, _ := postgresCPU(b.dataDir)
+	pg0, _ := b.settledPostgresCPU(ctx)
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("pg_recvlogical: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	secs := time.Since(start).Seconds()
-	pg1, pgErr := postgresCPU(b.dataDir)
+	pg1, pgErr := b.settledPostgresCPU(ctx)
 	if _, err := cdc.DropSlot(ctx, b.conn, b.rawSlot); err != nil {
 		return nil, err
 	}
@@ -534,6 +698,35 @@ func (b *bench) streamLimit(ctx context.Context, endLSN pglogrepl.LSN, rows int,
 		r.PostgresCPUPerRow = float64((pg1 - pg0).Microseconds()) / float64(rows)
 	}
 	return r, nil
+}
+
+// settledPostgresCPU reads the server's CPU time once it has stopped moving
+// for two readings 10ms apart, or after a second: a reading taken as soon as
+// pg_recvlogical exits can miss its WAL sender's CPU (seen on this machine:
+// none of it, at times), as the sender is still exiting.
+func (b *bench) settledPostgresCPU(ctx context.Context) (time.Duration, error) {
+	last, err := postgresCPU(b.dataDir)
+	if err != nil {
+		return 0, err
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for still, i := 0, 0; still < 2 && i < 100; i++ {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		cur, err := postgresCPU(b.dataDir)
+		if err != nil {
+			return 0, err
+		}
+		if still++; cur != last {
+			still = 0
+		}
+		last = cur
+	}
+	return last, nil
 }
 
 // recvlogical finds pg_recvlogical: beside the server binaries, in PATH, or
@@ -596,11 +789,14 @@ func (s *benchService) stop() error {
 	return s.err
 }
 
-// measureDelivery starts the clock, waits for n deliveries and then for the
-// slot to be acknowledged past endLSN. svc has just been started.
-func (b *bench) measureDelivery(ctx context.Context, svc *benchService, n int, endLSN pglogrepl.LSN) (*deliveryResult, error) {
-	b.recv.reset()
-	done := b.recv.until(int64(n))
+// measureDelivery resets the receiver, starts walhook, waits for n
+// deliveries and then for the slot to be acknowledged past endLSN, and stops
+// walhook. It returns the first body the receiver got.
+func (b *bench) measureDelivery(ctx context.Context, n int, endLSN pglogrepl.LSN) (*deliveryResult, []byte, error) {
+	st0, err := b.recv.reset(ctx, 0)
+	if err != nil {
+		return nil, nil, err
+	}
 	// Measure walhook, not the writer: give back the writer's memory and
 	// start the high-water mark afresh.
 	runtime.GC()
@@ -608,22 +804,25 @@ func (b *bench) measureDelivery(ctx context.Context, svc *benchService, n int, e
 	resetPeakRSS()
 	heap := startHeapWatch()
 	defer heap.stop()
-	cpu0 := processCPU()
-	pg0, _ := postgresCPU(b.dataDir)
-	start := time.Now()
 	if b.o.CPUProfile != "" {
 		f, err := os.Create(b.o.CPUProfile)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := b.wait(ctx, done, n, svc); err != nil {
-		return nil, err
+	cpu0 := processCPU()
+	pg0, _ := postgresCPU(b.dataDir)
+	start := time.Now()
+	svc := b.startService(ctx)
+	defer svc.stop()
+	st1, err := b.wait(ctx, n, svc)
+	if err != nil {
+		return nil, nil, err
 	}
 	secs := time.Since(start).Seconds()
 	cpu := processCPU() - cpu0
@@ -633,17 +832,19 @@ func (b *bench) measureDelivery(ctx context.Context, svc *benchService, n int, e
 	}
 	if b.o.MemProfile != "" {
 		if err := writeHeapProfile(b.o.MemProfile); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	r := &deliveryResult{
-		Deliveries:     n,
-		Seconds:        secs,
-		PerSec:         float64(n) / secs,
-		PeakRSSMiB:     float64(peakRSS()) / (1 << 20),
-		CPUPerDelivery: float64(cpu.Microseconds()) / float64(n),
-		GoHeapPeakMiB:  float64(heap.stop()) / (1 << 20),
-		FirstSeconds:   time.Unix(0, b.recv.first.Load()).Sub(start).Seconds(),
+		Deliveries:             n,
+		Requests:               int(st1.Requests),
+		Seconds:                secs,
+		PerSec:                 float64(n) / secs,
+		PeakRSSMiB:             float64(peakRSS()) / (1 << 20),
+		WalhookCPUPerDelivery:  float64(cpu.Microseconds()) / float64(n),
+		ReceiverCPUPerDelivery: float64(st1.CPUMicros-st0.CPUMicros) / float64(n),
+		GoHeapPeakMiB:          float64(heap.stop()) / (1 << 20),
+		FirstSeconds:           time.Unix(0, st1.FirstUnixNano).Sub(start).Seconds(),
 	}
 	if pgErr == nil && b.dataDir != "" {
 		r.PostgresCPUPerDelivery = float64((pg1 - pg0).Microseconds()) / float64(n)
@@ -656,48 +857,62 @@ func (b *bench) measureDelivery(ctx context.Context, svc *benchService, n int, e
 	for {
 		si, err := cdc.Slot(ctx, b.conn, b.slot)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if si.ConfirmedFlush >= endLSN {
 			r.AckSeconds = time.Since(start).Seconds()
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("slot %s not acknowledged past %s within %s (at %s)", b.slot, endLSN, b.o.Timeout, si.ConfirmedFlush)
+			return nil, nil, fmt.Errorf("slot %s not acknowledged past %s within %s (at %s)", b.slot, endLSN, b.o.Timeout, si.ConfirmedFlush)
 		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 	}
-	return r, nil
+	if err := svc.stop(); err != nil {
+		return nil, nil, err
+	}
+	st2, err := b.recv.stats(ctx, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	if st2.Events != int64(n) {
+		return nil, nil, fmt.Errorf("receiver counted %d deliveries, want %d", st2.Events, n)
+	}
+	return r, st2.Sample, nil
 }
 
-// wait waits for done, reporting progress every few seconds, until the phase
-// timeout or walhook stopping on its own.
-func (b *bench) wait(ctx context.Context, done <-chan struct{}, n int, svc *benchService) error {
-	timeout := time.NewTimer(b.o.Timeout)
-	defer timeout.Stop()
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
+// wait waits until the receiver has counted n deliveries since its reset,
+// reporting progress every few seconds, until the phase timeout or walhook
+// stopping on its own. It returns the receiver's counts.
+func (b *bench) wait(ctx context.Context, n int, svc *benchService) (*receiverStats, error) {
 	start := time.Now()
+	deadline, said := start.Add(b.o.Timeout), start
 	for {
+		st, err := b.recv.wait(ctx, true, n, time.Second)
+		if err != nil {
+			return nil, err
+		}
+		if st.Events >= int64(n) {
+			return st, nil
+		}
 		select {
-		case <-done:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timeout.C:
-			return fmt.Errorf("%d of %d deliveries arrived within %s", b.recv.count(), n, b.o.Timeout)
 		case <-svc.done:
 			if svc.err != nil {
-				return fmt.Errorf("walhook stopped: %w", svc.err)
+				return nil, fmt.Errorf("walhook stopped: %w", svc.err)
 			}
-			return fmt.Errorf("walhook stopped after %d of %d deliveries", b.recv.count(), n)
-		case <-tick.C:
-			got := b.recv.count()
-			b.say("  %d/%d delivered (%.0f/s)", got, n, float64(got)/time.Since(start).Seconds())
+			return nil, fmt.Errorf("walhook stopped after %d of %d deliveries", st.Events, n)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%d of %d deliveries arrived within %s", st.Events, n, b.o.Timeout)
+		}
+		if time.Since(said) >= 5*time.Second {
+			said = time.Now()
+			b.say("  %d/%d delivered (%.0f/s)", st.Events, n, float64(st.Events)/time.Since(start).Seconds())
 		}
 	}
 }
@@ -708,14 +923,17 @@ func (b *bench) httpLimit(ctx context.Context, clients, requests int, body []byt
 	tr := &http.Transport{Proxy: nil, MaxIdleConns: clients, MaxIdleConnsPerHost: clients, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	b.recv.reset()
-	done := b.recv.until(int64(requests))
-	ctx, cancel := context.WithTimeout(ctx, b.o.Timeout)
+	st0, err := b.recv.reset(ctx, 0)
+	if err != nil {
+		return httpResult{}, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, b.o.Timeout)
 	defer cancel()
-	url := b.base + "/raw"
+	url := b.recv.base + "/raw"
 	var next atomic.Int64
+	cpu0 := processCPU()
 	start := time.Now()
-	p := pool.New().WithContext(ctx).WithCancelOnError()
+	p := pool.New().WithContext(pctx).WithCancelOnError()
 	for range clients {
 		p.Go(func(ctx context.Context) error {
 			for next.Add(1) <= int64(requests) {
@@ -738,17 +956,25 @@ func (b *bench) httpLimit(ctx context.Context, clients, requests int, body []byt
 		return httpResult{}, err
 	}
 	secs := time.Since(start).Seconds()
-	select {
-	case <-done:
-	default:
-		return httpResult{}, fmt.Errorf("receiver counted %d of %d requests", b.recv.count(), requests)
+	cpu := processCPU() - cpu0
+	st1, err := b.recv.stats(ctx, false)
+	if err != nil {
+		return httpResult{}, err
 	}
-	return httpResult{Clients: clients, Requests: requests, BodyBytes: len(body), Seconds: secs, PerSec: float64(requests) / secs}, nil
+	if st1.Requests != int64(requests) {
+		return httpResult{}, fmt.Errorf("receiver counted %d of %d requests", st1.Requests, requests)
+	}
+	return httpResult{
+		Clients: clients, Requests: requests, BodyBytes: len(body), Seconds: secs, PerSec: float64(requests) / secs,
+		ClientCPUPerRequest:   float64(cpu.Microseconds()) / float64(requests),
+		ReceiverCPUPerRequest: float64(st1.CPUMicros-st0.CPUMicros) / float64(requests),
+	}, nil
 }
 
-// latency commits one row per transaction at rate for d and measures, for
-// each delivery, its arrival minus the commit time in its occurred_at.
-func (b *bench) latency(ctx context.Context, svc *benchService, rate int, d time.Duration, subs int) (*latencyResult, error) {
+// latency starts walhook, commits one row per transaction at rate for d and
+// measures, for each delivery, its arrival minus the commit time in its
+// occurred_at.
+func (b *bench) latency(ctx context.Context, rate int, d time.Duration, subs int) (*latencyResult, error) {
 	// Several writers, because one connection's round trip would cap the
 	// rate on a busy machine. synchronous_commit=on (PostgreSQL's default):
 	// the commit is flushed, so decoding sees it at once.
@@ -765,9 +991,22 @@ func (b *bench) latency(ctx context.Context, svc *benchService, rate int, d time
 	}
 	defer db.Close()
 
-	b.recv.record(int(float64(rate)*d.Seconds()*1.1)*subs + 16)
-	defer b.recv.record(0)
-	b.recv.reset()
+	// Start walhook and wait for it to deliver one row, so that the clock
+	// measures delivery, not walhook's start.
+	if _, err := b.recv.reset(ctx, 0); err != nil {
+		return nil, err
+	}
+	svc := b.startService(ctx)
+	defer svc.stop()
+	if _, err := b.writeBacklog(ctx, 1, 1); err != nil {
+		return nil, err
+	}
+	if _, err := b.wait(ctx, subs, svc); err != nil {
+		return nil, err
+	}
+	if _, err := b.recv.reset(ctx, int(float64(rate)*d.Seconds()*1.1)*subs+16); err != nil {
+		return nil, err
+	}
 	var committed atomic.Int64
 	ids := b.nextID
 	interval := time.Duration(float64(time.Second) * float64(writers) / float64(rate))
@@ -809,323 +1048,27 @@ func (b *bench) latency(ctx context.Context, svc *benchService, rate int, d time
 	n := int(committed.Load())
 	// Writer w used ids + w + i*writers for i < its count, which is at most n.
 	b.nextID = ids + int64(writers)*(int64(n)+1)
-	done := b.recv.until(int64(n * subs))
-	if err := b.wait(ctx, done, n*subs, svc); err != nil {
+	if _, err := b.wait(ctx, n*subs, svc); err != nil {
 		return nil, err
 	}
-	lat := b.recv.latencies()
+	if err := svc.stop(); err != nil {
+		return nil, err
+	}
+	st, err := b.recv.stats(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	lat := st.LatencyMicros
 	if len(lat) == 0 {
 		return nil, errors.New("no latency recorded: occurred_at missing from the bodies")
 	}
 	slices.Sort(lat)
 	pct := func(p float64) float64 {
 		i := min(len(lat)-1, int(math.Ceil(p*float64(len(lat))))-1)
-		return float64(lat[max(i, 0)].Microseconds()) / 1000
+		return float64(lat[max(i, 0)]) / 1000
 	}
 	return &latencyResult{
 		Rate: rate, Seconds: secs, Committed: n, AchievedRate: float64(n) / secs, Delivered: len(lat),
 		P50ms: pct(0.50), P95ms: pct(0.95), P99ms: pct(0.99), Maxms: pct(1),
 	}, nil
-}
-
-// benchReceiver answers every POST with 204 and counts them; while
-// recording, it keeps each body's arrival minus its occurred_at.
-type benchReceiver struct {
-	n     atomic.Int64
-	first atomic.Int64 // UnixNano of the phase's first request
-
-	target atomic.Int64
-	mu     sync.Mutex
-	done   chan struct{} // closed when n reaches target; guarded by mu
-	lat    []time.Duration
-	rec    bool // guarded by mu
-	sample []byte
-	bufs   sync.Pool
-}
-
-var occurredAt = []byte(`"occurred_at":"`)
-
-func (r *benchReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	arrival := time.Now()
-	buf, _ := r.bufs.Get().(*bytes.Buffer)
-	if buf == nil {
-		buf = new(bytes.Buffer)
-	}
-	buf.Reset()
-	_, _ = buf.ReadFrom(io.LimitReader(req.Body, 1<<20))
-	body := buf.Bytes()
-	var lat time.Duration
-	ok := false
-	if i := bytes.Index(body, occurredAt); i >= 0 {
-		rest := body[i+len(occurredAt):]
-		if j := bytes.IndexByte(rest, '"'); j > 0 {
-			if t, err := time.Parse(time.RFC3339Nano, string(rest[:j])); err == nil {
-				lat, ok = arrival.Sub(t), true
-			}
-		}
-	}
-	r.mu.Lock()
-	if r.rec && ok && len(r.lat) < cap(r.lat) {
-		r.lat = append(r.lat, lat)
-	}
-	if r.sample == nil && req.URL.Path != "/raw" {
-		r.sample = bytes.Clone(body)
-	}
-	r.mu.Unlock()
-	r.bufs.Put(buf)
-	w.WriteHeader(http.StatusNoContent)
-	r.first.CompareAndSwap(0, arrival.UnixNano())
-	if c := r.n.Add(1); c >= r.target.Load() {
-		r.mu.Lock()
-		if r.done != nil && c >= r.target.Load() {
-			close(r.done)
-			r.done = nil
-		}
-		r.mu.Unlock()
-	}
-}
-
-// reset starts a phase: the count restarts from zero.
-func (r *benchReceiver) reset() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.target.Store(math.MaxInt64)
-	r.n.Store(0)
-	r.first.Store(0)
-	r.done = nil
-}
-
-// until returns a channel closed once n requests have arrived since reset.
-func (r *benchReceiver) until(n int64) <-chan struct{} {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.target.Store(n)
-	ch := make(chan struct{})
-	r.done = ch
-	if r.n.Load() >= n {
-		close(ch)
-		r.done = nil
-	}
-	return ch
-}
-
-func (r *benchReceiver) count() int { return int(r.n.Load()) }
-
-// record starts keeping up to n latencies; 0 stops.
-func (r *benchReceiver) record(n int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rec = n > 0
-	r.lat = make([]time.Duration, 0, n)
-}
-
-func (r *benchReceiver) latencies() []time.Duration {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.lat)
-}
-
-func (r *benchReceiver) sampleBody() []byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.sample == nil {
-		return []byte(`{}`)
-	}
-	return r.sample
-}
-
-// processCPU is this process's user plus system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// resetPeakRSS restarts VmHWM at the current RSS (Linux 4.0+).
-func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
-
-// peakRSS reads VmHWM from /proc/self/status, in bytes; 0 when unknown.
-func peakRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-// heapWatch samples the Go heap in use every 50ms and keeps the peak.
-type heapWatch struct {
-	stopOnce sync.Once
-	quit     chan struct{}
-	wg       conc.WaitGroup
-	peak     atomic.Uint64
-}
-
-func startHeapWatch() *heapWatch {
-	h := &heapWatch{quit: make(chan struct{})}
-	h.wg.Go(func() {
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			if v := ms.HeapInuse; v > h.peak.Load() {
-				h.peak.Store(v)
-			}
-			select {
-			case <-h.quit:
-				return
-			case <-t.C:
-			}
-		}
-	})
-	return h
-}
-
-func (h *heapWatch) stop() uint64 {
-	h.stopOnce.Do(func() {
-		close(h.quit)
-		h.wg.Wait()
-	})
-	return h.peak.Load()
-}
-
-func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// postgresCPU is the CPU time of the server whose data directory is dataDir:
-// the postmaster, its children alive now, and its children that have exited.
-// It reads /proc, so it works only for a server on this machine.
-func postgresCPU(dataDir string) (time.Duration, error) {
-	if dataDir == "" {
-		return 0, errors.New("no data directory")
-	}
-	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	if err != nil {
-		return 0, err
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	pm, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		return 0, fmt.Errorf("postmaster.pid: %w", err)
-	}
-	f, err := procStat(pm)
-	if err != nil {
-		return 0, err
-	}
-	// utime, stime, cutime, cstime: fields 14 to 17, here 11 to 14.
-	ticks := f[11] + f[12] + f[13] + f[14]
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == pm {
-			continue
-		}
-		if c, err := procStat(pid); err == nil && c[1] == int64(pm) {
-			ticks += c[11] + c[12]
-		}
-	}
-	const clkTck = 100 // USER_HZ on every Linux this runs on
-	return time.Duration(ticks) * time.Second / clkTck, nil
-}
-
-// procStat returns the numeric fields of /proc/pid/stat after the command
-// name: index 0 is field 3 (state, as 0), index 1 the parent's pid.
-func procStat(pid int) ([]int64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return nil, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return nil, errors.New("malformed stat")
-	}
-	fields := strings.Fields(string(b[i+1:]))
-	if len(fields) < 15 {
-		return nil, errors.New("short stat")
-	}
-	out := make([]int64, 15)
-	for k := 1; k < 15; k++ {
-		out[k], _ = strconv.ParseInt(fields[k], 10, 64)
-	}
-	return out, nil
-}
-
-// Print writes the result as a table.
-func (r *Result) Print(w io.Writer) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	m := r.Machine
-	fmt.Fprintf(tw, "machine\t%d CPUs, %s, PostgreSQL %s\n", m.CPUs, m.GoVersion, m.PostgreSQL)
-	keys := make([]string, 0, len(m.Settings))
-	for k := range m.Settings {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	var kv []string
-	for _, k := range keys {
-		kv = append(kv, k+"="+m.Settings[k])
-	}
-	fmt.Fprintf(tw, "settings\t%s\n", strings.Join(kv, " "))
-	fmt.Fprintf(tw, "subscriptions\t%d\n", r.Subscriptions)
-	if bl := r.Backlog; bl != nil {
-		fmt.Fprintf(tw, "backlog written\t%d rows in %d transactions, %.1fs (%.0f rows/s), %.1f MB of WAL\n",
-			bl.Rows, bl.Transactions, bl.Seconds, bl.RowsPerSec, float64(bl.WALBytes)/1e6)
-	}
-	if s := r.Stream; s != nil {
-		pg := ""
-		if s.PostgresCPUPerRow > 0 {
-			pg = fmt.Sprintf(", PostgreSQL CPU %.1f µs/row", s.PostgresCPUPerRow)
-		}
-		fmt.Fprintf(tw, "stream limit (pg_recvlogical)\t%.0f rows/s\t%.2fs, %.1f MB/s of WAL%s\n", s.RowsPerSec, s.Seconds, s.MBPerSec, pg)
-	}
-	printDelivery := func(name string, d *deliveryResult) {
-		if d == nil {
-			return
-		}
-		fmt.Fprintf(tw, "%s\t%.0f deliveries/s\t%d in %.2fs (first at %.2fs, acknowledged at %.2fs)\n", name, d.PerSec, d.Deliveries, d.Seconds, d.FirstSeconds, d.AckSeconds)
-		fmt.Fprintf(tw, "  peak RSS (whole process)\t%.1f MiB\tGo heap in use peak %.1f MiB\n", d.PeakRSSMiB, d.GoHeapPeakMiB)
-		pg := "n/a"
-		if d.PostgresCPUPerDelivery > 0 {
-			pg = fmt.Sprintf("%.0f µs", d.PostgresCPUPerDelivery)
-		}
-		fmt.Fprintf(tw, "  CPU per delivery\t%.0f µs\tPostgreSQL: %s\n", d.CPUPerDelivery, pg)
-	}
-	printDelivery("catch-up (walhook)", r.CatchUp)
-	printDelivery("one transaction (walhook)", r.SingleTx)
-	for _, h := range r.HTTP {
-		fmt.Fprintf(tw, "HTTP limit, %d clients\t%.0f requests/s\t%d of %d bytes in %.2fs\n", h.Clients, h.PerSec, h.Requests, h.BodyBytes, h.Seconds)
-	}
-	if l := r.Latency; l != nil {
-		fmt.Fprintf(tw, "latency at %d/s\tp50 %.1f ms  p95 %.1f ms  p99 %.1f ms  max %.1f ms\t%d committed (%.0f/s), %d delivered\n",
-			l.Rate, l.P50ms, l.P95ms, l.P99ms, l.Maxms, l.Committed, l.AchievedRate, l.Delivered)
-	}
-	tw.Flush()
-	fmt.Fprintln(w)
-	for _, g := range r.Goals {
-		mark := "MET"
-		if !g.Met {
-			mark = "MISSED"
-		}
-		fmt.Fprintf(w, "goal %-6s %s: want %s, got %s\n", mark, g.Goal, g.Want, g.Got)
-	}
-	for _, n := range r.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
-	}
 }
