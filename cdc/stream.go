@@ -285,15 +285,32 @@ func (r *reader) loop(ctx context.Context) error {
 	r.nextStatus = time.Now().Add(r.s.cfg.StandbyInterval)
 	r.timer = time.NewTimer(r.s.cfg.StandbyInterval)
 	defer r.timer.Stop()
+	// Reads wait until the next status update with a deadline on the
+	// socket, not a context per message: a context with a deadline, and
+	// pgconn watching it, cost more than decoding a small change. Ending
+	// ctx ends the wait by moving the deadline to now.
+	sock := r.conn.Conn()
+	defer context.AfterFunc(ctx, func() { _ = sock.SetReadDeadline(time.Now()) })()
+	defer func() { _ = sock.SetReadDeadline(time.Time{}) }()
+	var deadline time.Time
 	for {
 		if !time.Now().Before(r.nextStatus) {
 			if err := r.sendStatus(ctx); err != nil {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, r.nextStatus)
-		raw, err := r.conn.ReceiveMessage(rctx)
-		cancel()
+		if !deadline.Equal(r.nextStatus) {
+			deadline = r.nextStatus
+			if err := sock.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("receive from slot %q: %w", r.s.cfg.Slot, err)
+			}
+		}
+		// After setting the deadline: a cancellation that moved it to now
+		// just before would otherwise be overwritten and missed.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		raw, err := r.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

@@ -57,9 +57,10 @@ func NewClient(cfg ClientConfig) *http.Client {
 		Proxy:       nil,
 		DialContext: dialer.DialContext,
 		// Verification stays on (InsecureSkipVerify false).
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: cfg.Timeout,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		// No ResponseHeaderTimeout: the client's Timeout below bounds the
+		// whole exchange already, and each would arm a timer per request.
 		// Without this the transport asks for gzip and inflates the body
 		// transparently, so MaxResponseBytes would cap compressed bytes and
 		// a small gzip bomb could expand to gigabytes. Receivers' answers

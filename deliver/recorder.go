@@ -23,6 +23,10 @@ import (
 // maxBatch bounds one write of attempts.
 const maxBatch = 1000
 
+// collectWait is how long the recorder gathers outcomes after the first
+// before writing them.
+const collectWait = 5 * time.Millisecond
+
 // Status messages a subscription is deactivated with.
 const (
 	GoneMessage      = "Deactivated: the receiver answered 410 Gone"
@@ -196,6 +200,8 @@ func (rc *recorder) run(ctx context.Context) error {
 		rc.copyRefused.Store(true)
 	}
 	batch := make([]record, 0, maxBatch)
+	collect := time.NewTimer(time.Hour)
+	collect.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -203,15 +209,26 @@ func (rc *recorder) run(ctx context.Context) error {
 		case rec := <-rc.in:
 			batch = append(batch[:0], rec)
 		}
+		// Collect for a moment before writing: under load a batch then
+		// holds hundreds of outcomes instead of tens, and since the history
+		// keeps only the newest attempts per subscription, most are never
+		// written (see newestPerSubscription), which is most of what
+		// recording costs walhook and PostgreSQL. It delays only the
+		// acknowledgement, never a request.
+		collect.Reset(collectWait)
 	fill:
 		for len(batch) < maxBatch {
 			select {
 			case rec := <-rc.in:
 				batch = append(batch, rec)
-			default:
+			case <-collect.C:
 				break fill
+			case <-ctx.Done():
+				collect.Stop()
+				return ctx.Err()
 			}
 		}
+		collect.Stop()
 		backoff := 100 * time.Millisecond
 		for {
 			err := rc.write(ctx, batch)

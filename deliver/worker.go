@@ -127,6 +127,9 @@ type Outcome struct {
 // Succeeded reports a 2xx answer.
 func (o Outcome) Succeeded() bool { return o.Err == nil && o.Status >= 200 && o.Status < 300 }
 
+// jsonContentType is every request's Content-Type; net/http only reads it.
+var jsonContentType = []string{"application/json"}
+
 // Worker runs deliveries with bounded concurrency and records their attempts.
 //
 // Each destination (host:port) has its own FIFO queue and at most
@@ -496,12 +499,16 @@ func (w *Worker) target(raw string) (*url.URL, string, error) {
 // attempt makes one HTTP request for r; the caller holds a global slot and
 // one of the destination's places.
 func (w *Worker) attempt(ctx context.Context, r *Request) Outcome {
-	start := time.Now()
-	if _, _, err := w.target(r.URL); err != nil {
-		return Outcome{Err: err}
+	start := time.Now() // enqueue checked the target
+	actx := ctx
+	if w.client.Timeout <= 0 {
+		// A client of the caller's without a timeout of its own: the
+		// attempt is bounded here instead (NewClient's has one, which is
+		// the one timer per request it needs).
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, w.cfg.Timeout)
+		defer cancel()
 	}
-	actx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
-	defer cancel()
 	req, err := http.NewRequestWithContext(actx, r.Method, r.URL, bytes.NewReader(r.Body))
 	if err != nil {
 		return Outcome{Err: fmt.Errorf("build request: %w", err)}
@@ -510,13 +517,16 @@ func (w *Worker) attempt(ctx context.Context, r *Request) Outcome {
 		req.Header[k] = v
 	}
 	ts := time.Now().Unix()
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", r.UserAgent)
-	req.Header.Set("webhook-id", r.EventID)
-	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
+	// Keys in canonical form, set directly: Header.Set would canonicalise
+	// each on every request.
+	h := req.Header
+	h["Content-Type"] = jsonContentType
+	h["User-Agent"] = []string{r.UserAgent}
+	h["Webhook-Id"] = []string{r.EventID}
+	h["Webhook-Timestamp"] = []string{strconv.FormatInt(ts, 10)}
 	// The subscription id lets a receiver with several subscriptions pick
 	// the secret to verify with before it trusts the body.
-	req.Header.Set("webhook-subscription", r.SubscriptionID)
+	h["Webhook-Subscription"] = []string{r.SubscriptionID}
 	if r.Key != nil {
 		sig := Sign(r.Key, r.EventID, ts, r.Body)
 		if r.PrevKey != nil {
@@ -524,7 +534,7 @@ func (w *Worker) attempt(ctx context.Context, r *Request) Outcome {
 			// receiver verifying with either one accepts the request.
 			sig += " " + Sign(r.PrevKey, r.EventID, ts, r.Body)
 		}
-		req.Header.Set("webhook-signature", sig)
+		h["Webhook-Signature"] = []string{sig}
 	}
 	resp, err := w.client.Do(req)
 	if err != nil {
