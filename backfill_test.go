@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -157,8 +158,17 @@ func TestBackfillConcurrentWrites(t *testing.T) {
 	sub := e.Subscribe("order.*", "/all")
 	e.start(func(c *Config) { c.BackfillChunk = 50 })
 	id := e.backfill(sub)
-	// Write until the backfill is done: each round bumps some rows' total and
-	// deletes one, ahead of and behind the reader.
+	e.writeDuringBackfill(id, rows)
+	e.waitBackfill(id, "done", 120*time.Second)
+	deleted := e.assertLastEvents(rows)
+	if deleted == 0 {
+		t.Fatalf("no row was deleted while the backfill ran: the test proves nothing")
+	}
+}
+
+// writeDuringBackfill writes until backfill id is done: each round bumps
+// some of rows orders' total and deletes one, ahead of and behind the reader.
+func (e *env) writeDuringBackfill(id int64, rows int) {
 	for round := 1; round <= 10000; round++ {
 		if e.Count(`SELECT count(*) FROM walhook.backfills WHERE id = $1 AND status <> 'done'`, id) == 0 {
 			break
@@ -169,9 +179,54 @@ func TestBackfillConcurrentWrites(t *testing.T) {
 			e.Exec(`DELETE FROM public.orders WHERE id = $1`, (k*13)%rows+1)
 		}
 	}
+}
+
+// TestBackfillOrderedAtReceiver: with ordering: key, the backfill's
+// guarantee holds at the receiver, not only at submission: existing rows
+// and live changes of them, sent up to max_per_host at a time to a
+// receiver failing a fifth of the requests at random, end with each row's
+// last accepted event showing its final state, or its delete.
+func TestBackfillOrderedAtReceiver(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, orderedConfig(t))
+	const rows = 2000
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) SELECT i, 7, 0 FROM generate_series(1, $1::int) i`, rows)
+	sub := e.Subscribe("order.*", "/all", "/", "ordered")
+	var mu sync.Mutex
+	rnd := rand.New(rand.NewPCG(3, 5))
+	accepted := map[string]bool{}
+	e.Recv.SetStatus(func(r *http.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if rnd.Float64() < 0.2 {
+			return http.StatusServiceUnavailable
+		}
+		accepted[r.Header.Get("webhook-id")] = true
+		return http.StatusOK
+	})
+	e.start(func(c *Config) { c.BackfillChunk = 50 })
+	id := e.backfill(sub)
+	e.writeDuringBackfill(id, rows)
 	e.waitBackfill(id, "done", 120*time.Second)
-	deleted := e.assertLastEvents(rows)
-	if deleted == 0 {
+	// Failed requests are retried: the end is when the slot has passed the
+	// last write (every delivery before it sent or queued) and nothing
+	// waits in the queue.
+	keep := func(d e2e.Delivery) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return accepted[d.Header.Get("webhook-id")]
+	}
+	e.Exec(`INSERT INTO public.orders (id, tenant_id, total) VALUES ($1, 7, 0)`, rows+2)
+	end := e.CurrentLSN()
+	deadline := time.Now().Add(60 * time.Second)
+	for e.Confirmed() < end || e.Count(`SELECT count(*) FROM walhook.deliveries`) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 60s: slot at %s, want %s; %d deliveries queued (%d due)", e.Confirmed(), end,
+				e.Count(`SELECT count(*) FROM walhook.deliveries`), e.Count(`SELECT count(*) FROM walhook.deliveries WHERE next_attempt_at <= now()`))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if deleted := e.assertLastEventsOf(rows, keep); deleted == 0 {
 		t.Fatalf("no row was deleted while the backfill ran: the test proves nothing")
 	}
 }
@@ -469,7 +524,11 @@ func TestBackfillFailsForInactiveSubscription(t *testing.T) {
 // 1..rows ends at the receiver in its state in the table: its last event
 // carries the table's total, or is order.deleted for a row deleted. It
 // returns how many were deleted.
-func (e *env) assertLastEvents(rows int) int {
+func (e *env) assertLastEvents(rows int) int { return e.assertLastEventsOf(rows, nil) }
+
+// assertLastEventsOf is assertLastEvents over the deliveries keep accepts
+// (every one when nil): those the receiver answered 2xx.
+func (e *env) assertLastEventsOf(rows int, keep func(e2e.Delivery) bool) int {
 	t := e.T
 	t.Helper()
 	ctx := context.Background()
@@ -494,6 +553,9 @@ func (e *env) assertLastEvents(rows int) int {
 	type seen struct{ event, total string }
 	last := map[int]seen{}
 	for _, d := range e.Recv.Deliveries("/all") {
+		if keep != nil && !keep(d) {
+			continue
+		}
 		env := d.Envelope(t)
 		data, _ := env["data"].(map[string]any)
 		k, _ := data["id"].(float64)
