@@ -183,6 +183,13 @@ func (rc *recorder) retryPolicy() RetryPolicy {
 }
 
 func (rc *recorder) add(ctx context.Context, r *Request, o Outcome) {
+	if ctx.Err() != nil {
+		// A hard stop: the attempt was cut short (or never made) by it, and
+		// recording that as a failure would queue a retry and acknowledge
+		// the change. Unrecorded, it is replayed after the restart. Checked
+		// first because select picks at random among ready cases.
+		return
+	}
 	rc.unwritten.Add(1)
 	select {
 	case rc.in <- record{r: r, o: o}:
