@@ -501,6 +501,7 @@ func (r *router) fanOut(ctx context.Context, txn work, ev *mapping.Event, site s
 			Committed:      ev.Change.Tx.CommitTime,
 			Done:           txn.Done,
 			Batch:          d.Batch,
+			NoSpill:        ev.Backfill != 0,
 		}
 		if d.OrderByKey {
 			if order == nil {

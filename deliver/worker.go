@@ -94,6 +94,11 @@ type Request struct {
 	// holds back the later ones while it is retried. Queued deliveries
 	// carry their order in walhook.deliveries instead.
 	Order Order
+	// NoSpill keeps the request in this process when the destination is
+	// busy, even while Spill says other processes share the work: a
+	// backfill's rows, so that a large backfill cannot fill the shared
+	// queue ahead of live events to the same destination.
+	NoSpill bool
 	// fromQueue marks a request claimed from walhook.deliveries: it never
 	// spills back.
 	fromQueue bool
@@ -343,7 +348,7 @@ func (w *Worker) enqueue(ctx context.Context, r *Request) {
 // waiting here: a first attempt of one event, unordered, while Spill says
 // other processes share the work.
 func (w *Worker) spillable(r *Request) bool {
-	return w.cfg.Spill != nil && !r.fromQueue && r.Attempt <= 1 && r.Order.Key == "" && r.members == nil &&
+	return w.cfg.Spill != nil && !r.fromQueue && !r.NoSpill && r.Attempt <= 1 && r.Order.Key == "" && r.members == nil &&
 		r.EventIDs == nil && w.cfg.Spill()
 }
 
