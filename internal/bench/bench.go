@@ -216,8 +216,12 @@ type streamResult struct {
 type deliveryResult struct {
 	// Deliveries are events delivered (rows × subscriptions), in Requests
 	// requests (fewer when batched).
-	Deliveries   int     `json:"deliveries"`
-	Requests     int     `json:"requests"`
+	Deliveries int `json:"deliveries"`
+	Requests   int `json:"requests"`
+	// Duplicates are events that arrived again with a webhook-id the
+	// receiver had seen (at least once: after an attempt walhook saw fail
+	// or a replay); Deliveries and Requests count each once.
+	Duplicates   int     `json:"duplicates,omitempty"`
 	Seconds      float64 `json:"seconds"`
 	PerSec       float64 `json:"deliveries_per_sec"`
 	AckSeconds   float64 `json:"acknowledged_seconds"`
@@ -880,8 +884,9 @@ func (b *bench) measureDelivery(ctx context.Context, n int, endLSN pglogrepl.LSN
 		return nil, nil, err
 	}
 	if st2.Events != int64(n) {
-		return nil, nil, fmt.Errorf("receiver counted %d deliveries, want %d", st2.Events, n)
+		return nil, nil, fmt.Errorf("receiver counted %d distinct deliveries, want %d", st2.Events, n)
 	}
+	r.Duplicates = int(st2.DupEvents)
 	return r, st2.Sample, nil
 }
 

@@ -48,6 +48,9 @@ func (r *Result) Print(w io.Writer) {
 		}
 		fmt.Fprintf(tw, "%s\t%.0f deliveries/s\t%d in %d requests in %.2fs%s (first at %.2fs, acknowledged at %.2fs)\n",
 			name, d.PerSec, d.Deliveries, d.Requests, d.Seconds, share, d.FirstSeconds, d.AckSeconds)
+		if d.Duplicates > 0 {
+			fmt.Fprintf(tw, "    duplicates\t%d events\tarrived again with a webhook-id already seen (at least once)\n", d.Duplicates)
+		}
 		fmt.Fprintf(tw, "    peak RSS (bench process)\t%.1f MiB\tGo heap in use peak %.1f MiB\n", d.PeakRSSMiB, d.GoHeapPeakMiB)
 		pg := "n/a"
 		if d.PostgresCPUPerDelivery > 0 {

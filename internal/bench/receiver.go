@@ -52,7 +52,7 @@ func serveReceiver(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	r := &receiver{paths: map[string]int64{}}
+	r := &receiver{paths: map[string]int64{}, seen: map[uint64]struct{}{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_stats", r.serveStats)
 	mux.HandleFunc("GET /_wait", r.serveWait)
@@ -84,8 +84,14 @@ type receiverStats struct {
 	// Requests are the hook requests counted (paths other than /_…).
 	Requests int64 `json:"requests"`
 	// Events are the envelopes in them: one per occurred_at, at least one
-	// per request.
-	Events        int64            `json:"events"`
+	// per request. Requests and Events count each webhook-id once per path.
+	Events int64 `json:"events"`
+	// DupRequests and DupEvents count what arrived again with a webhook-id
+	// already seen at its path: delivery is at least once, and an attempt
+	// walhook saw fail (or a replay after a restart) may have reached the
+	// receiver before.
+	DupRequests   int64            `json:"dup_requests"`
+	DupEvents     int64            `json:"dup_events"`
 	Paths         map[string]int64 `json:"paths"`
 	FirstUnixNano int64            `json:"first_unix_nano"`
 	CPUMicros     int64            `json:"cpu_us"`
@@ -104,6 +110,9 @@ type receiver struct {
 	mu       sync.Mutex // guards all below
 	requests int64
 	events   int64
+	dupReqs  int64
+	dupEvs   int64
+	seen     map[uint64]struct{} // FNV-1a of path and webhook-id
 	paths    map[string]int64
 	first    time.Time
 	sample   []byte
@@ -132,6 +141,18 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	body := buf.Bytes()
 
 	r.mu.Lock()
+	if id := req.Header.Get("webhook-id"); id != "" {
+		k := fnv1a(fnv1a(fnvOffset, req.URL.Path), id)
+		if _, dup := r.seen[k]; dup {
+			r.dupReqs++
+			r.dupEvs += max(int64(bytes.Count(body, occurredAt)), 1)
+			r.mu.Unlock()
+			r.bufs.Put(buf)
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		r.seen[k] = struct{}{}
+	}
 	events := int64(0)
 	for rest := body; ; {
 		i := bytes.Index(rest, occurredAt)
@@ -190,7 +211,8 @@ func (r *receiver) stats(latencies bool) receiverStats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := receiverStats{
-		PID: os.Getpid(), Requests: r.requests, Events: r.events, Paths: make(map[string]int64, len(r.paths)),
+		PID: os.Getpid(), Requests: r.requests, Events: r.events, DupRequests: r.dupReqs, DupEvents: r.dupEvs,
+		Paths:     make(map[string]int64, len(r.paths)),
 		CPUMicros: processCPU().Microseconds(), Sample: r.sample,
 	}
 	for p, n := range r.paths {
@@ -259,7 +281,9 @@ func (r *receiver) serveReset(w http.ResponseWriter, req *http.Request) {
 	rec, _ := strconv.Atoi(req.URL.Query().Get("record"))
 	r.mu.Lock()
 	r.requests, r.events, r.first, r.sample = 0, 0, time.Time{}, nil
+	r.dupReqs, r.dupEvs = 0, 0
 	clear(r.paths)
+	clear(r.seen)
 	r.lat = make([]int64, 0, max(rec, 0))
 	r.mu.Unlock()
 	writeJSON(w, r.stats(false))
@@ -407,4 +431,15 @@ func (p *receiverProc) wait(ctx context.Context, events bool, n int, timeout tim
 		what = "events"
 	}
 	return p.call(ctx, http.MethodGet, fmt.Sprintf("/_wait?%s=%d&timeout=%s", what, n, timeout))
+}
+
+const fnvOffset = 14695981039346656037
+
+// fnv1a folds s into the FNV-1a hash h.
+func fnv1a(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h ^ 0xff // a separator, so ("ab","c") and ("a","bc") differ
 }

@@ -40,12 +40,22 @@ func TestReceiver(t *testing.T) {
 	}
 	at := time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano)
 	event := `{"id":"1","occurred_at":"` + at + `"}`
-	for _, tc := range []struct{ path, body string }{
-		{"/default/0", event},
-		{"/bulk/0", `{"id":"b","events":[` + event + `,` + event + `]}`},
-		{"/raw", `{}`},
+	for _, tc := range []struct{ path, id, body string }{
+		{"/default/0", "1", event},
+		{"/bulk/0", "b", `{"id":"b","events":[` + event + `,` + event + `]}`},
+		{"/raw", "", `{}`},
+		// Again: counted as duplicates, not as deliveries.
+		{"/default/0", "1", event},
+		{"/bulk/0", "b", `{"id":"b","events":[` + event + `,` + event + `]}`},
 	} {
-		resp, err := p.client.Post(p.base+tc.path, "application/json", strings.NewReader(tc.body))
+		req, err := http.NewRequest(http.MethodPost, p.base+tc.path, strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.id != "" {
+			req.Header.Set("webhook-id", tc.id)
+		}
+		resp, err := p.client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,8 +68,9 @@ func TestReceiver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Requests != 3 || st.Events != 4 || st.Paths["/bulk/0"] != 1 || string(st.Sample) != event {
-		t.Errorf("stats = %+v, want 3 requests, 4 events, one to /bulk/0 and the first body as sample", st)
+	if st.Requests != 3 || st.Events != 4 || st.Paths["/bulk/0"] != 1 || string(st.Sample) != event ||
+		st.DupRequests != 2 || st.DupEvents != 3 {
+		t.Errorf("stats = %+v, want 3 requests, 4 events, one to /bulk/0, the first body as sample, and 2 requests of 3 events again", st)
 	}
 	st, err = p.stats(ctx, true)
 	if err != nil {
