@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -38,7 +39,16 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// walhook's warnings (a pipeline restart, a failed attempt) go to
+	// stderr even without LOG_LEVEL: they explain a figure.
 	log := quietLogger(stderr, c.LogFormat)
+	if os.Getenv("LOG_LEVEL") == "" {
+		warn := &slog.HandlerOptions{Level: slog.LevelWarn}
+		log = slog.New(slog.NewTextHandler(stderr, warn))
+		if c.LogFormat == "json" {
+			log = slog.New(slog.NewJSONHandler(stderr, warn))
+		}
+	}
 	progress := stderr
 	if o.JSON {
 		progress = io.Discard

@@ -221,7 +221,10 @@ type deliveryResult struct {
 	// Duplicates are events that arrived again with a webhook-id the
 	// receiver had seen (at least once: after an attempt walhook saw fail
 	// or a replay); Deliveries and Requests count each once.
-	Duplicates   int     `json:"duplicates,omitempty"`
+	Duplicates int `json:"duplicates,omitempty"`
+	// Retried are the deliveries that waited in walhook.deliveries for a
+	// retry when the slot was acknowledged (a failed attempt).
+	Retried      int     `json:"retried,omitempty"`
 	Seconds      float64 `json:"seconds"`
 	PerSec       float64 `json:"deliveries_per_sec"`
 	AckSeconds   float64 `json:"acknowledged_seconds"`
@@ -876,6 +879,11 @@ func (b *bench) measureDelivery(ctx context.Context, n int, endLSN pglogrepl.LSN
 			return nil, nil, ctx.Err()
 		}
 	}
+	// Acknowledged includes retries queued in walhook.deliveries: they are
+	// sent before walhook stops, so that no phase leaves work to the next.
+	if r.Retried, err = b.settle(ctx, deadline); err != nil {
+		return nil, nil, err
+	}
 	if err := svc.stop(); err != nil {
 		return nil, nil, err
 	}
@@ -888,6 +896,32 @@ func (b *bench) measureDelivery(ctx context.Context, n int, endLSN pglogrepl.LSN
 	}
 	r.Duplicates = int(st2.DupEvents)
 	return r, st2.Sample, nil
+}
+
+// settle waits until walhook.deliveries is empty, or deadline, and returns
+// how many rows it held at first.
+func (b *bench) settle(ctx context.Context, deadline time.Time) (int, error) {
+	first := -1
+	for {
+		var n int
+		if err := b.conn.QueryRow(ctx, `SELECT count(*) FROM walhook.deliveries`).Scan(&n); err != nil {
+			return 0, fmt.Errorf("count queued deliveries: %w", err)
+		}
+		if first < 0 {
+			first = n
+		}
+		if n == 0 {
+			return first, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%d deliveries still queued for a retry after the phase timeout", n)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 }
 
 // wait waits until the receiver has counted n deliveries since its reset,
@@ -1054,6 +1088,9 @@ func (b *bench) latency(ctx context.Context, rate int, d time.Duration, subs int
 	// Writer w used ids + w + i*writers for i < its count, which is at most n.
 	b.nextID = ids + int64(writers)*(int64(n)+1)
 	if _, err := b.wait(ctx, n*subs, svc); err != nil {
+		return nil, err
+	}
+	if _, err := b.settle(ctx, time.Now().Add(b.o.Timeout)); err != nil {
 		return nil, err
 	}
 	if err := svc.stop(); err != nil {

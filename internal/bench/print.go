@@ -48,6 +48,9 @@ func (r *Result) Print(w io.Writer) {
 		}
 		fmt.Fprintf(tw, "%s\t%.0f deliveries/s\t%d in %d requests in %.2fs%s (first at %.2fs, acknowledged at %.2fs)\n",
 			name, d.PerSec, d.Deliveries, d.Requests, d.Seconds, share, d.FirstSeconds, d.AckSeconds)
+		if d.Retried > 0 {
+			fmt.Fprintf(tw, "    retried\t%d deliveries\twaited in walhook.deliveries after a failed attempt\n", d.Retried)
+		}
 		if d.Duplicates > 0 {
 			fmt.Fprintf(tw, "    duplicates\t%d events\tarrived again with a webhook-id already seen (at least once)\n", d.Duplicates)
 		}
