@@ -356,6 +356,17 @@ func (s *Service) mappedRelations(ctx context.Context, db *pgxpool.Pool) (map[ui
 	return out, nil
 }
 
+// ordersByKey reports whether a dialect has ordering: key, the only user
+// of the mapped tables' primary keys.
+func (s *Service) ordersByKey() bool {
+	for _, d := range s.dialects {
+		if d.OrderByKey {
+			return true
+		}
+	}
+	return false
+}
+
 // primaryKeys returns the primary key columns of the mapped tables that
 // have one, which ordering: key orders rows by when a table sets no key:.
 func (s *Service) primaryKeys(ctx context.Context, db *pgxpool.Pool) (map[string][]string, error) {

@@ -541,8 +541,10 @@ func (s *Service) pipeline(soft, hard context.Context) error {
 		}
 	}
 	con := s.newConsumer(db, idx, worker, relIDs, state)
-	if con.router.pks, err = s.primaryKeys(hard, db); err != nil {
-		return err
+	if s.ordersByKey() {
+		if con.router.pks, err = s.primaryKeys(hard, db); err != nil {
+			return err
+		}
 	}
 	con.skipSubsBefore = rebuiltAt
 	con.startedAt = startedAt

@@ -54,18 +54,23 @@ func (c *chain) idle() bool { return !c.busy && !c.parked && !c.flushing && len(
 type orderer struct {
 	mu     sync.Mutex
 	chains map[chainID]*chain
-	// ready is closed once the keys parked by earlier runs are loaded;
-	// ordered requests wait for it.
-	ready chan struct{}
+	// wanted is closed by the first ordered request: a worker that never
+	// sees one (a standby's, or no dialect orders) never loads or checks
+	// parked keys. ready is closed once the keys parked by earlier runs
+	// are loaded; ordered requests wait for it.
+	wantOnce sync.Once
+	wanted   chan struct{}
+	ready    chan struct{}
 }
 
 func newOrderer() *orderer {
-	return &orderer{chains: map[chainID]*chain{}, ready: make(chan struct{})}
+	return &orderer{chains: map[chainID]*chain{}, wanted: make(chan struct{}), ready: make(chan struct{})}
 }
 
 // submitOrdered sends r, a first attempt with an order key, after the
 // earlier requests of its key. The caller holds r's admission.
 func (w *Worker) submitOrdered(ctx context.Context, r *Request) error {
+	w.order.wantOnce.Do(func() { close(w.order.wanted) })
 	select {
 	case <-w.order.ready:
 	case <-ctx.Done():
@@ -194,9 +199,15 @@ const unparkEvery = 100 * time.Millisecond
 // maxUnparkCheck bounds the keys one check looks up.
 const maxUnparkCheck = 1000
 
-// runOrder loads the keys that earlier runs left parked, then unparks keys
-// whose queued deliveries are all finished, until ctx ends.
+// runOrder, once an ordered request came, loads the keys that earlier runs
+// left parked, then unparks keys whose queued deliveries are all finished,
+// until ctx ends.
 func (w *Worker) runOrder(ctx context.Context) {
+	select {
+	case <-w.order.wanted:
+	case <-ctx.Done():
+		return
+	}
 	backoff := 100 * time.Millisecond
 	for {
 		err := w.loadParked(ctx)

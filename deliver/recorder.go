@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -607,9 +608,10 @@ func (rc *recorder) insertAttempts(ctx context.Context, tx pgx.Tx, batch []recor
 		_, err := tx.CopyFrom(ctx, pgx.Identifier{"walhook", "attempts"}, attemptColumns,
 			pgx.CopyFromSlice(len(batch), func(i int) ([]any, error) {
 				row := attemptRow(batch[i].r, batch[i].o)
-				// As bytes: pgx encodes a string into a uuid column only after
-				// failing to, building an error for every row.
-				if u, ok := uuidBytes(batch[i].r.SubscriptionID); ok {
+				// As a pgtype.UUID: pgx encodes a string into a uuid column
+				// only after failing to, building an error for every row.
+				var u pgtype.UUID
+				if u.Scan(batch[i].r.SubscriptionID) == nil {
 					row[0] = u
 				}
 				return row, nil
@@ -706,39 +708,4 @@ func validUTF8(b []byte) string {
 		s = strings.ToValidUTF8(s, "\uFFFD")
 	}
 	return strings.ReplaceAll(s, "\x00", "")
-}
-
-// uuidBytes parses a UUID in its canonical text form.
-func uuidBytes(s string) ([16]byte, bool) {
-	var u [16]byte
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return u, false
-	}
-	j := 0
-	for i := 0; i < 36; i += 2 {
-		if s[i] == '-' {
-			i--
-			continue
-		}
-		hi, ok1 := unhex(s[i])
-		lo, ok2 := unhex(s[i+1])
-		if !ok1 || !ok2 {
-			return u, false
-		}
-		u[j] = hi<<4 | lo
-		j++
-	}
-	return u, j == 16
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }

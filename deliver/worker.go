@@ -170,8 +170,6 @@ type Worker struct {
 
 	// order sends the requests of each row key one after another.
 	order *orderer
-	// spilled counts first attempts sent to the shared queue.
-	spilled atomic.Int64
 
 	// failed is closed when a delivery goroutine panicked; failure holds
 	// the panic. Run returns it, which stops the pipeline that owns the
@@ -329,7 +327,6 @@ func (w *Worker) enqueue(ctx context.Context, r *Request) {
 		w.mu.Unlock()
 		// Recorded as queued, due now: the retry queue of whichever
 		// process has room sends it, this one's included.
-		w.spilled.Add(1)
 		w.finish(ctx, r, Outcome{queue: true})
 		return
 	}
@@ -351,10 +348,6 @@ func (w *Worker) spillable(r *Request) bool {
 	return w.cfg.Spill != nil && !r.fromQueue && !r.NoSpill && r.Attempt <= 1 && r.Order.Key == "" && r.members == nil &&
 		r.EventIDs == nil && w.cfg.Spill()
 }
-
-// Spilled counts the first attempts sent to the shared queue, for metrics
-// and tests.
-func (w *Worker) Spilled() int64 { return w.spilled.Load() }
 
 // waiting counts the requests queued here for a destination's place.
 func (w *Worker) waiting() int {

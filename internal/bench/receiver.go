@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"net"
 	"net/http"
@@ -52,7 +53,7 @@ func serveReceiver(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	r := &receiver{paths: map[string]int64{}, seen: map[uint64]struct{}{}}
+	r := &receiver{paths: map[string]int64{}, seen: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_stats", r.serveStats)
 	mux.HandleFunc("GET /_wait", r.serveWait)
@@ -112,7 +113,8 @@ type receiver struct {
 	events   int64
 	dupReqs  int64
 	dupEvs   int64
-	seen     map[uint64]struct{} // FNV-1a of path and webhook-id
+	seen     map[uint64]struct{} // hashes of path and webhook-id
+	seed     maphash.Seed
 	paths    map[string]int64
 	first    time.Time
 	sample   []byte
@@ -142,7 +144,7 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 
 	r.mu.Lock()
 	if id := req.Header.Get("webhook-id"); id != "" {
-		k := fnv1a(fnv1a(fnvOffset, req.URL.Path), id)
+		k := maphash.String(r.seed, req.URL.Path+"\x00"+id)
 		if _, dup := r.seen[k]; dup {
 			r.dupReqs++
 			r.dupEvs += max(int64(bytes.Count(body, occurredAt)), 1)
@@ -431,15 +433,4 @@ func (p *receiverProc) wait(ctx context.Context, events bool, n int, timeout tim
 		what = "events"
 	}
 	return p.call(ctx, http.MethodGet, fmt.Sprintf("/_wait?%s=%d&timeout=%s", what, n, timeout))
-}
-
-const fnvOffset = 14695981039346656037
-
-// fnv1a folds s into the FNV-1a hash h.
-func fnv1a(h uint64, s string) uint64 {
-	for i := 0; i < len(s); i++ {
-		h ^= uint64(s[i])
-		h *= 1099511628211
-	}
-	return h ^ 0xff // a separator, so ("ab","c") and ("a","bc") differ
 }
